@@ -36,11 +36,15 @@ def parameters() -> None:
 
 
 @parameters.command("show")
-@click.option("--as-decided-on", "decided", type=_DATE, help="Values as decided on this JST day (YYYY-MM-DD).")
+@click.option(
+    "--as-decided-on", "decided", type=_DATE, help="Values as decided on this JST day (YYYY-MM-DD)."
+)
 @click.option("--edition", help="A named edition (default: seed). See --list-editions.")
 @click.option("--list-editions", is_flag=True, help="List the editions and their decision dates.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def parameters_show(decided: dt.datetime | None, edition: str | None, list_editions: bool, as_json: bool) -> None:
+def parameters_show(
+    decided: dt.datetime | None, edition: str | None, list_editions: bool, as_json: bool
+) -> None:
     """Print the programme parameters with their sources."""
     console = _console()
     if list_editions:
@@ -72,7 +76,11 @@ def parameters_show(decided: dt.datetime | None, edition: str | None, list_editi
     for col in ("name", "項目", "value", "decided", "source"):
         table.add_column(col)
     for name, v in params.values.items():
-        value = v.value.isoformat() if isinstance(v.value, dt.date) else ("—" if v.value is None else str(v.value))
+        value = (
+            v.value.isoformat()
+            if isinstance(v.value, dt.date)
+            else ("—" if v.value is None else str(v.value))
+        )
         table.add_row(name, v.label_ja, value, v.decided.isoformat(), v.source)
     console.print(table)
 
@@ -87,7 +95,9 @@ def scenarios() -> None:
 
 @scenarios.command("run")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the machine-readable outcome (docs/scenarios.md).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the machine-readable outcome (docs/scenarios.md)."
+)
 @click.option("--explain", is_flag=True, help="Explain every decision and result in Japanese.")
 def scenarios_run(paths: tuple[Path, ...], as_json: bool, explain: bool) -> None:
     """Run scenario files or folders; exit 0 only if every scenario passes."""
@@ -110,13 +120,16 @@ def scenarios_run(paths: tuple[Path, ...], as_json: bool, explain: bool) -> None
 
 def _print_report(report: Any, *, explain: bool) -> None:
     console = _console()
+    if not report.results:
+        return
     table = Table(title="シナリオの結果 (scenario outcomes)")
     for col in ("file", "scenario", "result", "申込 applications", "付与 earned", "differences"):
         table.add_column(col, overflow="fold")
     for r in report.results:
         apps = ", ".join("OK" if a == "accepted" else a["rejected"] for a in r.outcome["applications"]) or "—"
         earned = "; ".join(
-            f"{p}: {e['premium']}/{e['health_insurance']}/{e['public_fund']}" for p, e in r.outcome["earned"].items()
+            f"{p}: {e['premium']}/{e['health_insurance']}/{e['public_fund']}"
+            for p, e in r.outcome["earned"].items()
         )
         diffs = "; ".join(f"{d.path}: expected {d.expected}, got {d.actual}" for d in r.differences)
         result = "[green]passed[/]" if r.passed else "[red]FAILED[/]"
@@ -146,14 +159,18 @@ def bench() -> None:
 
 @bench.command("rules")
 @click.option("--residents", default=200_000, show_default=True, help="Synthetic population size.")
-@click.option("--batch-residents", default=2_000_000, show_default=True, help="Population for the batch path.")
+@click.option(
+    "--batch-residents", default=2_000_000, show_default=True, help="Population for the batch path."
+)
 @click.option("--seed", default=20230930, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def bench_rules(residents: int, batch_residents: int, seed: int, as_json: bool) -> None:
     """Residents evaluated per second: per-resident path, batch path, and a plain GROUP BY baseline."""
     from mynapoint.bench.rules import run_rules_benchmark
 
-    figures = run_rules_benchmark(residents=residents, batch_residents=batch_residents, seed=seed, echo=click.echo)
+    figures = run_rules_benchmark(
+        residents=residents, batch_residents=batch_residents, seed=seed, echo=click.echo
+    )
     if as_json:
         click.echo(json.dumps(figures, indent=2))
 

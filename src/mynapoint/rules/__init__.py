@@ -15,7 +15,7 @@ from mynapoint.rules.engine import (
     evaluate_resident,
     evaluate_world,
 )
-from mynapoint.rules.parameters import Parameters, ParameterError, load_parameters
+from mynapoint.rules.parameters import ParameterError, Parameters, load_parameters
 
 __all__ = [
     "ApplicationDecision",

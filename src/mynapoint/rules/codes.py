@@ -14,14 +14,26 @@ __all__ = [
 
 # In the order they are checked (program.md D5): the first failure wins.
 APPLICATION_REJECTIONS: Final[dict[str, tuple[str, str]]] = {
-    "person_deceased": ("申込日より前に亡くなられています", "the person had died by the day of the application"),
-    "card_not_issued": ("申込日にマイナンバーカードを受け取っていません", "the card was not in hand on the application day"),
+    "person_deceased": (
+        "申込日より前に亡くなられています",
+        "the person had died by the day of the application",
+    ),
+    "card_not_issued": (
+        "申込日にマイナンバーカードを受け取っていません",
+        "the card was not in hand on the application day",
+    ),
     "card_applied_after_deadline": (
         "カード申請期限までにマイナンバーカードの申請がありません",
         "the card was not applied for by the card application deadline",
     ),
-    "application_period_not_started": ("この施策の申込受付はまだ始まっていません", "applications for this measure had not opened"),
-    "application_period_ended": ("ポイント申込期限を過ぎています", "the point application deadline had passed"),
+    "application_period_not_started": (
+        "この施策の申込受付はまだ始まっていません",
+        "applications for this measure had not opened",
+    ),
+    "application_period_ended": (
+        "ポイント申込期限を過ぎています",
+        "the point application deadline had passed",
+    ),
     "provider_application_closed": (
         "この決済サービスは申込受付を終了しています",
         "the payment service had closed its applications",
@@ -30,8 +42,14 @@ APPLICATION_REJECTIONS: Final[dict[str, tuple[str, str]]] = {
         "マイナポイント第1弾で上限までポイントを受け取っています",
         "the full premium was already received in phase 1",
     ),
-    "already_applied": ("この施策にはすでに申し込んでいます（1施策につき1人1回）", "already applied for this measure"),
-    "account_not_own": ("ご本人名義の決済サービスではありません", "the payment account is not the applicant's own"),
+    "already_applied": (
+        "この施策にはすでに申し込んでいます（1施策につき1人1回）",
+        "already applied for this measure",
+    ),
+    "account_not_own": (
+        "ご本人名義の決済サービスではありません",
+        "the payment account is not the applicant's own",
+    ),
     "representative_not_present": (
         "法定代理人（または本人）の申込・立会いが必要です",
         "the legal representative (or the person) had to apply or be present",

@@ -13,7 +13,7 @@ The order of the application checks is program.md D5; the earning rules are D2�
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -57,7 +57,7 @@ __all__ = [
 PREMIUM: Final = "premium"
 HEALTH: Final = "health_insurance"
 PUBLIC_FUND: Final = "public_fund"
-_NEVER: Final = 1 << 62
+_MEASURE_INDEX: Final[dict[str, int]] = {m: i for i, m in enumerate(MEASURES)}
 
 _DEFAULT_PROVIDER_CACHE: dict[str, Provider] = {}
 
@@ -103,7 +103,9 @@ class Explanation:
         lines = list(self.en)
         if self.facts:
             lines.append("records used: " + ", ".join(self.facts))
-        lines.extend(f"parameter {p.name} = {_fmt_value(p.value)} (source: {p.source})" for p in self.parameters)
+        lines.extend(
+            f"parameter {p.name} = {_fmt_value(p.value)} (source: {p.source})" for p in self.parameters
+        )
         return "\n".join(lines)
 
 
@@ -115,11 +117,15 @@ def _fmt_value(value: object) -> str:
     return str(value)
 
 
-@dataclass(frozen=True, slots=True)
+_Note = Callable[[], tuple[tuple[str, ...], str, str]]
+
+
+@dataclass(slots=True)  # not frozen: built once per event on the hot path
 class ApplicationDecision:
     event: Apply
     code: str | None  # None: accepted
-    explanation: Explanation
+    params: Parameters = field(repr=False, compare=False)
+    note: _Note = field(repr=False, compare=False)
 
     @property
     def accepted(self) -> bool:
@@ -128,13 +134,31 @@ class ApplicationDecision:
     def as_expected_form(self) -> str | dict[str, str]:
         return "accepted" if self.code is None else {"rejected": self.code}
 
+    @property
+    def explanation(self) -> Explanation:
+        ev, code = self.event, self.code
+        params_used, note_ja, note_en = self.note()
+        label = MEASURE_LABELS[ev.measure][0]
+        if code is None:
+            ja = f"{label}の申込（{_d(ev.day)}、{ev.account}）を受け付けました"
+            en = f"application for {ev.measure} on {_d(ev.day)} with {ev.account} accepted"
+        else:
+            ja = f"{label}の申込（{_d(ev.day)}）は受け付けられません: {APPLICATION_REJECTIONS[code][0]}"
+            en = f"application for {ev.measure} on {_d(ev.day)} rejected ({code}): {APPLICATION_REJECTIONS[code][1]}"
+        return Explanation(
+            ja=(ja, note_ja) if note_ja else (ja,),
+            en=(en, note_en) if note_en else (en,),
+            parameters=tuple(self.params.value(n) for n in params_used),
+            facts=(f"申込 {ev.at} {ev.person} {ev.measure} {ev.account}",),
+        )
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)  # not frozen: built once per event on the hot path
 class RegistrationDecision:
     event: RegisterPublicFundAccount
     code: str | None
     holder_checked: bool
-    explanation: Explanation
+    person_kana: str | None = field(repr=False)
 
     @property
     def accepted(self) -> bool:
@@ -142,6 +166,25 @@ class RegistrationDecision:
 
     def as_expected_form(self) -> str | dict[str, str]:
         return "accepted" if self.code is None else {"rejected": self.code}
+
+    @property
+    def explanation(self) -> Explanation:
+        ev, code, checked = self.event, self.code, self.holder_checked
+        if code is None:
+            ja = f"公金受取口座の登録（{_d(ev.day)}）を受け付けました" + (
+                "" if checked else "（名義は未照合）"
+            )
+            en = f"public-fund account registration of {_d(ev.day)} accepted" + (
+                "" if checked else " (holder name not checked: a kana name is missing)"
+            )
+        else:
+            ja = f"公金受取口座の登録（{_d(ev.day)}）は受け付けられません: {REGISTRATION_REJECTIONS[code][0]}"
+            en = f"registration of {_d(ev.day)} rejected ({code}): {REGISTRATION_REJECTIONS[code][1]}"
+        return Explanation(
+            ja=(ja, f"口座名義カナ: {ev.holder_kana or '不明'}、本人カナ: {self.person_kana or '不明'}"),
+            en=(en,),
+            facts=(f"公金受取口座登録 {ev.at}",),
+        )
 
 
 @dataclass(slots=True)
@@ -154,7 +197,8 @@ class Link:
     seq: int
     day: int
     carried_over: bool = False  # a phase-1 link carried into phase 2 (program.md D2)
-    accounts: list[str] = field(default_factory=list)  # every account the link has had (replacements)
+    # every account the link has had, with the event seq from which it counts (replacements, §4)
+    accounts: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +209,7 @@ class MeasureOutcome:
     explanation: Explanation
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per event on the hot path
 class ResidentResult:
     """What one resident has earned at the end of ``as_of`` (JST), per measure, with statuses."""
 
@@ -186,7 +230,7 @@ class ResidentResult:
         return self.premium + self.health_insurance + self.public_fund
 
     def status(self, measure: str) -> str:
-        return self.statuses[MEASURES.index(measure)]  # type: ignore[arg-type]
+        return self.statuses[_MEASURE_INDEX[measure]]
 
     def outcomes(self) -> list[MeasureOutcome]:
         """Each measure with its explanation (built on demand: the batch path does not need it)."""
@@ -219,6 +263,7 @@ class ResidentEvaluator:
         "premium_start_day",
         "public_fund_registration",
         "refunds",
+        "refused_replacements",
         "registrations",
         "replacements",
     )
@@ -248,6 +293,7 @@ class ResidentEvaluator:
         self.refunds: list[Refund] = []
         self.ignored: list[tuple[Transaction, str]] = []
         self.replacements: list[ReplaceAccount] = []
+        self.refused_replacements: list[ReplaceAccount] = []
         self.premium_account: str | None = None
         self.premium_mode = ""
         self.premium_start_day = 0
@@ -269,47 +315,31 @@ class ResidentEvaluator:
 
     def on_apply(self, ev: Apply, account_linked_to: str | None) -> ApplicationDecision:
         """Decide a point application. ``account_linked_to`` is the person the account is linked to, if any."""
-        code, params_used, note_ja, note_en = self._check(ev, account_linked_to)
+        code, note = self._check(ev, account_linked_to)
         if code is None:
-            account = self._accounts[ev.account]
-            self._link(Link(ev.measure, ev.account, account.mode, ev.seq, ev.day))
-            ja = f"{MEASURE_LABELS[ev.measure][0]}の申込（{_d(ev.day)}、{ev.account}）を受け付けました"
-            en = f"application for {ev.measure} on {_d(ev.day)} with {ev.account} accepted"
-        else:
-            ja = f"{MEASURE_LABELS[ev.measure][0]}の申込（{_d(ev.day)}）は受け付けられません: " + (
-                APPLICATION_REJECTIONS[code][0]
-            )
-            en = f"application for {ev.measure} on {_d(ev.day)} rejected ({code}): {APPLICATION_REJECTIONS[code][1]}"
-        p = self.params
-        decision = ApplicationDecision(
-            ev,
-            code,
-            Explanation(
-                ja=(ja, note_ja) if note_ja else (ja,),
-                en=(en, note_en) if note_en else (en,),
-                parameters=tuple(p.value(n) for n in params_used),
-                facts=(f"申込 {ev.at} {ev.person} {ev.measure} {ev.account}",),
-            ),
-        )
+            self._link(Link(ev.measure, ev.account, self._accounts[ev.account].mode, ev.seq, ev.day))
+        decision = ApplicationDecision(ev, code, self.params, note)
         self.applications.append(decision)
         return decision
 
-    def _check(self, ev: Apply, account_linked_to: str | None) -> tuple[str | None, tuple[str, ...], str, str]:
+    def _check(self, ev: Apply, account_linked_to: str | None) -> tuple[str | None, _Note]:
+        """The first failing check of D5, and a note that explains it (built only when asked for)."""
         p = self.params
         person = self.person
         day = ev.day
         if person.died_day is not None and person.died_day <= day:
-            return "person_deceased", (), f"死亡日 {person.died}", f"died on {person.died}"
+            return "person_deceased", lambda: ((), f"死亡日 {person.died}", f"died on {person.died}")
         if person.card_issued_day is None or person.card_issued_day > day:
-            got = person.card_issued.isoformat() if person.card_issued else "未受取"
-            return "card_not_issued", (), f"カード受取日: {got}", f"card received: {got}"
+            got = person.card_issued or "未受取"
+            return "card_not_issued", lambda: ((), f"カード受取日: {got}", f"card received: {got}")
         deadline = (
-            p.card_application_online_deadline_day if person.card_applied_online else p.card_application_deadline_day
+            p.card_application_online_deadline_day
+            if person.card_applied_online
+            else p.card_application_deadline_day
         )
         if person.card_applied_day is None or person.card_applied_day > deadline:
-            applied = person.card_applied.isoformat() if person.card_applied else "申請なし"
-            return (
-                "card_applied_after_deadline",
+            applied = person.card_applied or "申請なし"
+            return "card_applied_after_deadline", lambda: (
                 ("card_application_deadline", "card_application_online_grace_day"),
                 f"カード申請日: {applied}、期限: {_d(deadline)}",
                 f"card applied for: {applied}, deadline: {_d(deadline)}",
@@ -317,15 +347,13 @@ class ResidentEvaluator:
         start_name = "phase2_start" if ev.measure == PREMIUM else "registration_measures_start"
         start_day = p.phase2_start_day if ev.measure == PREMIUM else p.registration_measures_start_day
         if day < start_day:
-            return (
-                "application_period_not_started",
+            return "application_period_not_started", lambda: (
                 (start_name,),
                 f"受付開始日: {_d(start_day)}",
                 f"opens on {_d(start_day)}",
             )
         if day > p.point_application_deadline_day:
-            return (
-                "application_period_ended",
+            return "application_period_ended", lambda: (
                 ("point_application_deadline",),
                 f"申込期限: {p.point_application_deadline}",
                 f"deadline: {p.point_application_deadline}",
@@ -333,69 +361,66 @@ class ResidentEvaluator:
         account = self._accounts[ev.account]
         provider = self._providers.get(account.provider) or _default_provider(account.provider)
         if provider.application_deadline_day is not None and day > provider.application_deadline_day:
-            return (
-                "provider_application_closed",
+            return "provider_application_closed", lambda: (
                 (),
                 f"{provider.key} の申込受付終了日: {provider.application_deadline}",
                 f"{provider.key} closed applications after {provider.application_deadline}",
             )
         if ev.measure == PREMIUM and self.cap_remaining == 0:
             points = person.phase1.points if person.phase1 else 0
-            return (
-                "phase1_completed",
+            return "phase1_completed", lambda: (
                 ("premium_cap",),
                 f"第1弾で受け取ったポイント: {_yen(points)}",
                 f"phase-1 points received: {points}",
             )
         if ev.measure in self.links:
             prior = self.links[ev.measure]
-            how = "第1弾からの引継ぎ" if prior.carried_over else f"{_d(prior.day)} の申込"
-            return "already_applied", (), f"既存の紐づけ: {how}（{prior.account}）", f"existing link: {prior.account}"
+            how = "第1弾からの引継ぎ" if prior.carried_over else "申込"
+            return "already_applied", lambda: (
+                (),
+                f"既存の紐づけ: {how}（{prior.account}）",
+                f"existing link: {prior.account}",
+            )
         age = person.age_on(day)
         minor = age < p.minor_age
         representative = person.legal_representative
-        if account.holder != person.key and not (minor and representative and account.holder == representative):
-            return (
-                "account_not_own",
+        if account.holder != person.key and not (
+            minor and representative and account.holder == representative
+        ):
+            return "account_not_own", lambda: (
                 ("minor_age",),
                 f"口座名義: {account.holder}、申込者: {person.key}（{age}歳）",
                 f"account holder: {account.holder}, applicant: {person.key} (aged {age})",
             )
         if age < p.representative_only_age:
             if representative is None or ev.by != representative or representative not in ev.present:
-                return (
-                    "representative_not_present",
+                return "representative_not_present", lambda: (
                     ("representative_only_age",),
                     f"{age}歳のため法定代理人による申込が必要です（申込者: {ev.by}）",
                     f"aged {age}: the legal representative must apply (operated by {ev.by})",
                 )
-        elif minor:
-            if account.holder != person.key and account.holder not in ev.present:
-                return (
-                    "representative_not_present",
-                    ("minor_age",),
-                    f"{age}歳で法定代理人名義の決済サービスを使うため、代理人の立会いが必要です",
-                    f"aged {age} using the representative's account: the representative must be present",
-                )
         elif person.key not in ev.present:
-            return (
-                "representative_not_present",
+            return "representative_not_present", lambda: (
+                ("representative_only_age",),
+                f"{age}歳の方の申込は本人の立会いが必要です",
+                f"aged {age}: the person must be present",
+            )
+        elif minor and account.holder != person.key and account.holder not in ev.present:
+            return "representative_not_present", lambda: (
                 ("minor_age",),
-                "成年者の申込は本人の立会いが必要です",
-                "an adult's application needs the adult present",
+                f"{age}歳で法定代理人名義の決済サービスを使うため、代理人の立会いが必要です",
+                f"aged {age} using the representative's account: the representative must be present",
             )
         if account_linked_to is not None and account_linked_to != person.key:
-            return (
-                "account_linked_to_another_person",
+            return "account_linked_to_another_person", lambda: (
                 (),
                 f"{ev.account} はすでに別の方（{account_linked_to}）に紐づけられています",
                 f"{ev.account} is linked to {account_linked_to}",
             )
-        used = (start_name, "point_application_deadline", "card_application_deadline")
-        return None, used, "", ""
+        return None, lambda: ((start_name, "point_application_deadline", "card_application_deadline"), "", "")
 
     def _link(self, link: Link) -> None:
-        link.accounts.append(link.account)
+        link.accounts.append((link.account, link.seq))
         self.links[link.measure] = link
         if link.measure == PREMIUM:
             account = self._accounts[link.account]
@@ -454,38 +479,27 @@ class ResidentEvaluator:
         code = None
         if checked and kana_key(person_kana or "") != kana_key(ev.holder_kana or ""):
             code = "holder_name_mismatch"
-        if code is None:
-            ja = f"公金受取口座の登録（{_d(ev.day)}）を受け付けました" + ("" if checked else "（名義は未照合）")
-            en = f"public-fund account registration of {_d(ev.day)} accepted" + (
-                "" if checked else " (holder name not checked: a kana name is missing)"
-            )
-        else:
-            ja = f"公金受取口座の登録（{_d(ev.day)}）は受け付けられません: {REGISTRATION_REJECTIONS[code][0]}"
-            en = f"registration of {_d(ev.day)} rejected ({code}): {REGISTRATION_REJECTIONS[code][1]}"
-        decision = RegistrationDecision(
-            ev,
-            code,
-            checked,
-            Explanation(
-                ja=(ja, f"口座名義カナ: {ev.holder_kana or '不明'}、本人カナ: {person_kana or '不明'}"),
-                en=(en,),
-                facts=(f"公金受取口座登録 {ev.at}",),
-            ),
-        )
+        decision = RegistrationDecision(ev, code, checked, person_kana)
         self.registrations.append(decision)
         if code is None and self.public_fund_registration is None and ev.day <= self.as_of_day:
             self.public_fund_registration = ev
         return decision
 
-    def on_replace(self, ev: ReplaceAccount) -> None:
-        """A lost card replaced: the link, its mode and the cap carry over to the new account (§4)."""
+    def on_replace(self, ev: ReplaceAccount, account_linked_to: str | None = None) -> bool:
+        """A lost card replaced: the link, its mode and the cap carry over to the new account (§4).
+
+        A replacement onto an account linked to another person is refused (one account, one person)."""
         self.replacements.append(ev)
+        if account_linked_to is not None and account_linked_to != self.person.key:
+            self.refused_replacements.append(ev)
+            return False
         for link in self.links.values():
             if link.account == ev.from_account:
                 link.account = ev.to_account
-                link.accounts.append(ev.to_account)
+                link.accounts.append((ev.to_account, ev.seq))
         if self.premium_account == ev.from_account:
             self.premium_account = ev.to_account
+        return True
 
     # ------------------------------------------------------------------ results
 
@@ -571,14 +585,17 @@ class ResidentEvaluator:
         en = [head_en]
         phase1 = self.person.phase1
         if phase1 is not None:
-            ja.append(f"第1弾で {_yen(phase1.points)} ポイント受取済み: 残りの上限は {_yen(self.cap_remaining)}")
+            ja.append(
+                f"第1弾で {_yen(phase1.points)} ポイント受取済み: 残りの上限は {_yen(self.cap_remaining)}"
+            )
             en.append(f"phase 1 paid {phase1.points} points: {self.cap_remaining} remain under the cap")
         link = self.links.get(PREMIUM)
         if link is not None and link.day <= self.as_of_day:
             how = "第1弾の紐づけを引継ぎ" if link.carried_over else f"{_d(link.day)} に申込"
             mode = "チャージ" if link.mode == "charge" else "お買い物"
-            ja.append(f"{how}（{' → '.join(link.accounts)}、{mode}で付与）")
-            en.append(f"linked on {_d(link.day)} to {' -> '.join(link.accounts)}, earning on {link.mode}")
+            accounts = [a for a, _ in link.accounts]
+            ja.append(f"{how}（{' → '.join(accounts)}、{mode}で付与）")
+            en.append(f"linked on {_d(link.day)} to {' -> '.join(accounts)}, earning on {link.mode}")
             raw = self.net * p.premium_rate_percent // 100
             ja.append(
                 f"対象額の累計 {_yen(self.net)}円 × {p.premium_rate_percent}% = {_yen(raw)}（切り捨て）、"
@@ -619,13 +636,19 @@ class ResidentEvaluator:
         if registration is not None:
             facts.append(f"登録 {registration.at}")
             if registration.day > p.point_application_deadline_day:
-                ja.append(f"登録日 {_d(registration.day)} がポイント申込期限 {p.point_application_deadline} の後です")
-                en.append(f"registered on {_d(registration.day)}, after the deadline {p.point_application_deadline}")
+                ja.append(
+                    f"登録日 {_d(registration.day)} がポイント申込期限 {p.point_application_deadline} の後です"
+                )
+                en.append(
+                    f"registered on {_d(registration.day)}, after the deadline {p.point_application_deadline}"
+                )
         else:
             ja.append("期日までの登録がありません")
             en.append("no registration by the evaluation day")
         lag_name = (
-            "public_fund_confirmation_lag_days" if measure == PUBLIC_FUND else "health_insurance_confirmation_lag_days"
+            "public_fund_confirmation_lag_days"
+            if measure == PUBLIC_FUND
+            else "health_insurance_confirmation_lag_days"
         )
         used = ("registration_points", lag_name, "point_application_deadline")
         return Explanation(tuple(ja), tuple(en), tuple(p.value(n) for n in used), tuple(facts))
@@ -655,20 +678,24 @@ def evaluate_resident(history: ResidentHistory, params: Parameters, *, as_of_day
         history.person, params, accounts=history.accounts, providers=history.providers, as_of_day=as_of_day
     )
     elsewhere = history.linked_elsewhere
+    on_transaction, on_refund = evaluator.on_transaction, evaluator.on_refund
+    # exact type checks: cheaper than isinstance on the batch hot path (the event classes are final)
     for ev in history.events:
-        if isinstance(ev, Transaction):
-            evaluator.on_transaction(ev)
-        elif isinstance(ev, Refund):
-            evaluator.on_refund(ev)
-        elif isinstance(ev, Apply):
-            other = elsewhere.get(ev.account)
-            evaluator.on_apply(ev, other[1] if other is not None and other[0] < ev.seq else None)
-        elif isinstance(ev, RegisterHealthInsurance):
-            evaluator.on_register_health_insurance(ev)
-        elif isinstance(ev, RegisterPublicFundAccount):
-            evaluator.on_register_public_fund(ev)
-        elif isinstance(ev, ReplaceAccount):
-            evaluator.on_replace(ev)
+        kind = type(ev)
+        if kind is Transaction:
+            on_transaction(ev)  # type: ignore[arg-type]
+        elif kind is Apply:
+            other = elsewhere.get(ev.account)  # type: ignore[attr-defined]
+            evaluator.on_apply(ev, other[1] if other is not None and other[0] < ev.seq else None)  # type: ignore[arg-type]
+        elif kind is Refund:
+            on_refund(ev)  # type: ignore[arg-type]
+        elif kind is RegisterHealthInsurance:
+            evaluator.on_register_health_insurance(ev)  # type: ignore[arg-type]
+        elif kind is RegisterPublicFundAccount:
+            evaluator.on_register_public_fund(ev)  # type: ignore[arg-type]
+        elif kind is ReplaceAccount:
+            other = elsewhere.get(ev.to_account)  # type: ignore[attr-defined]
+            evaluator.on_replace(ev, other[1] if other is not None and other[0] < ev.seq else None)  # type: ignore[arg-type]
     return evaluator.result()
 
 
@@ -721,8 +748,8 @@ def evaluate_world(
         elif isinstance(ev, RegisterPublicFundAccount):
             registrations.append(evaluators[ev.person].on_register_public_fund(ev))
         elif isinstance(ev, ReplaceAccount):
-            evaluators[ev.person].on_replace(ev)
-            if linked_to.get(ev.from_account) == ev.person:
+            moved = evaluators[ev.person].on_replace(ev, linked_to.get(ev.to_account))
+            if moved and linked_to.get(ev.from_account) == ev.person:
                 linked_to[ev.to_account] = ev.person
     residents = {key: e.result() for key, e in evaluators.items()}
     return WorldOutcome(applications, registrations, residents)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 import jaconv
 
@@ -19,6 +20,7 @@ _DASHES = re.compile(r"[-‐‑‒–—―−ｰー─━]")
 _SPACES = re.compile(r"\s+")
 
 
+@lru_cache(maxsize=65536)
 def kana_key(name: str) -> str:
     text = unicodedata.normalize("NFKC", name)
     text = jaconv.hira2kata(text)

@@ -44,7 +44,6 @@ PURCHASE_MODE: Final = "purchase"
 MODES: Final[tuple[Mode, ...]] = (CHARGE_MODE, PURCHASE_MODE)
 
 
-
 def jst_day(at: dt.date | dt.datetime) -> int:
     """The JST calendar day of a date or an aware datetime, as an ordinal (program.md D1)."""
     if isinstance(at, dt.datetime):
@@ -80,8 +79,12 @@ class Person:
     died_day: int | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "card_applied_day", self.card_applied.toordinal() if self.card_applied else None)
-        object.__setattr__(self, "card_issued_day", self.card_issued.toordinal() if self.card_issued else None)
+        object.__setattr__(
+            self, "card_applied_day", self.card_applied.toordinal() if self.card_applied else None
+        )
+        object.__setattr__(
+            self, "card_issued_day", self.card_issued.toordinal() if self.card_issued else None
+        )
         object.__setattr__(self, "died_day", self.died.toordinal() if self.died else None)
 
     def age_on(self, day: int) -> int:

@@ -112,7 +112,9 @@ def _coerce(name: str, kind: str, nullable: bool, raw: Any, where: str) -> Any:
             try:
                 return dt.date.fromisoformat(raw)
             except ValueError:
-                raise ParameterError(f"{where}: parameter {name!r} expects a date YYYY-MM-DD, got {raw!r}") from None
+                raise ParameterError(
+                    f"{where}: parameter {name!r} expects a date YYYY-MM-DD, got {raw!r}"
+                ) from None
         return _as_date(raw, f"{where}: parameter {name!r}")
     if kind == "int":
         if isinstance(raw, bool) or not isinstance(raw, int | str):

@@ -83,10 +83,10 @@ _StrictLoader.yaml_implicit_resolvers = {
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
+                None, None, f"duplicate key {key!r} (each key may appear once)", key_node.start_mark
             )
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
@@ -110,12 +110,16 @@ class _Ctx:
     def error(self, key: str, message: str) -> ScenarioError:
         return ScenarioError(self.file, self.scenario, key, message)
 
-    def mapping(self, raw: Any, key: str, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+    def mapping(
+        self, raw: Any, key: str, allowed: set[str], required: frozenset[str] | set[str] = frozenset()
+    ) -> dict[str, Any]:
         if not isinstance(raw, dict):
             raise self.error(key, f"expected a mapping, got {type(raw).__name__}")
         for k in raw:
             if k not in allowed:
-                raise self.error(f"{key}.{k}" if key else str(k), f"unknown key; allowed: {', '.join(sorted(allowed))}")
+                raise self.error(
+                    f"{key}.{k}" if key else str(k), f"unknown key; allowed: {', '.join(sorted(allowed))}"
+                )
         for k in sorted(required):
             if k not in raw:
                 raise self.error(f"{key}.{k}" if key else k, "required key is missing")
@@ -177,7 +181,10 @@ _PERSON_KEYS = {
     "born", "kana", "card_applied", "card_issued", "phase1", "legal_representative", "died", "card_applied_online",
 }  # fmt: skip
 _EVENT_KEYS = {
-    "apply": ({"at", "do", "person", "measure", "account", "by", "present"}, {"person", "measure", "account"}),
+    "apply": (
+        {"at", "do", "person", "measure", "account", "by", "present"},
+        {"person", "measure", "account"},
+    ),
     "charge": ({"at", "do", "account", "amount", "id"}, {"account", "amount", "id"}),
     "purchase": ({"at", "do", "account", "amount", "id"}, {"account", "amount", "id"}),
     "refund": ({"at", "do", "of", "amount"}, {"of", "amount"}),
@@ -192,7 +199,7 @@ _EXPECT_KEYS = {"applications", "earned", "public_fund_accounts", "statuses"}
 def _parse_scenario(raw: Any, file: str, index: int) -> Scenario:
     name = raw.get("name") if isinstance(raw, dict) else None
     ctx = _Ctx(file, str(name) if name is not None else f"#{index + 1}")
-    raw = ctx.mapping(raw, "", _SCENARIO_KEYS, {"name", "as_of"})
+    raw = ctx.mapping(raw, "", _SCENARIO_KEYS, {"name", "as_of", "expect"})
     as_of = ctx.required_date(raw["as_of"], "as_of")
     params = _parse_parameters(ctx, raw)
 
@@ -234,7 +241,8 @@ def _parse_scenario(raw: Any, file: str, index: int) -> Scenario:
         allowed_modes = providers[provider_key].modes if provider_key in providers else frozenset(MODES)
         if mode not in allowed_modes:
             raise ctx.error(
-                f"{where}.mode", f"{mode!r} is not a mode of provider {provider_key!r} ({', '.join(sorted(allowed_modes))})"
+                f"{where}.mode",
+                f"{mode!r} is not a mode of provider {provider_key!r} ({', '.join(sorted(allowed_modes))})",
             )
         accounts[key] = Account(key=key, provider=provider_key, holder=holder, mode=mode)
 
@@ -244,12 +252,19 @@ def _parse_scenario(raw: Any, file: str, index: int) -> Scenario:
         spec = ctx.mapping(spec, where, _PERSON_KEYS, {"born"})
         phase1 = None
         if spec.get("phase1") is not None:
-            p1 = ctx.mapping(spec["phase1"], f"{where}.phase1", {"applied", "account", "points"}, {"applied", "account", "points"})
+            p1 = ctx.mapping(
+                spec["phase1"],
+                f"{where}.phase1",
+                {"applied", "account", "points"},
+                {"applied", "account", "points"},
+            )
             account = ctx.text(p1["account"], f"{where}.phase1.account")
             if account not in accounts:
                 raise ctx.error(f"{where}.phase1.account", f"unknown account {account!r}")
             if accounts[account].holder != key:
-                raise ctx.error(f"{where}.phase1.account", f"{account!r} is held by {accounts[account].holder!r}")
+                raise ctx.error(
+                    f"{where}.phase1.account", f"{account!r} is held by {accounts[account].holder!r}"
+                )
             phase1 = Phase1(
                 applied=ctx.required_date(p1["applied"], f"{where}.phase1.applied"),
                 account=account,
@@ -278,10 +293,23 @@ def _parse_scenario(raw: Any, file: str, index: int) -> Scenario:
         if person.phase1:
             other = phase1_accounts.setdefault(person.phase1.account, person.key)
             if other != person.key:
-                raise ctx.error(f"people.{person.key}.phase1.account", f"also the phase-1 account of {other!r}")
+                raise ctx.error(
+                    f"people.{person.key}.phase1.account", f"also the phase-1 account of {other!r}"
+                )
 
     events = _parse_events(ctx, raw.get("events") or [], people, accounts)
-    expect = _parse_expect(ctx, raw.get("expect") or {}, people)
+    expect = _parse_expect(ctx, raw["expect"], people)
+    for key, kind, label in (
+        ("applications", Apply, "apply"),
+        ("public_fund_accounts", RegisterPublicFundAccount, "register_public_fund_account"),
+    ):
+        if key in expect:
+            count = sum(isinstance(ev, kind) for ev in events)
+            if len(expect[key]) != count:
+                raise ctx.error(
+                    f"expect.{key}",
+                    f"{len(expect[key])} expected outcome(s) for {count} {label} event(s): give one per event, in order",
+                )
     return Scenario(
         file=file,
         name=str(raw["name"]),
@@ -299,6 +327,8 @@ def _parse_scenario(raw: Any, file: str, index: int) -> Scenario:
 def _parse_parameters(ctx: _Ctx, raw: dict[str, Any]) -> Parameters:
     edition = raw.get("edition")
     decided = ctx.date(raw.get("as_decided_on"), "as_decided_on", nullable=True)
+    if edition is not None and decided is not None:
+        raise ctx.error("edition", "give an edition or as_decided_on, not both")
     overrides = raw.get("parameters") or {}
     if not isinstance(overrides, dict):
         raise ctx.error("parameters", "expected a mapping of parameter names to values")
@@ -307,13 +337,15 @@ def _parse_parameters(ctx: _Ctx, raw: dict[str, Any]) -> Parameters:
         if name not in known:
             raise ctx.error(f"parameters.{name}", f"unknown parameter; known: {', '.join(known)}")
     try:
-        return load_parameters(
-            edition=str(edition) if edition is not None else None,
-            as_decided_on=decided,
-            overrides={k: v for k, v in overrides.items()} or None,
-        )
+        base = load_parameters(edition=str(edition) if edition is not None else None, as_decided_on=decided)
     except ParameterError as exc:
-        raise ctx.error("parameters", str(exc)) from None
+        raise ctx.error("edition" if edition is not None else "as_decided_on", str(exc)) from None
+    for name, value in overrides.items():
+        try:
+            base.with_overrides({name: value})
+        except ParameterError as exc:
+            raise ctx.error(f"parameters.{name}", str(exc).split(": ", 1)[-1]) from None
+    return base.with_overrides(overrides, source=f"scenario override ({ctx.file})") if overrides else base
 
 
 def _parse_events(
@@ -360,11 +392,16 @@ def _parse_events(
             person = person_ref("person")
             measure = raw["measure"]
             if measure not in MEASURES:
-                raise ctx.error(f"{where}.measure", f"unknown measure {measure!r}; known: {', '.join(MEASURES)}")
+                raise ctx.error(
+                    f"{where}.measure", f"unknown measure {measure!r}; known: {', '.join(MEASURES)}"
+                )
             by = person_ref("by") if "by" in raw else person
             present = raw.get("present", [by])
-            if not isinstance(present, list) or any(p not in people for p in present):
-                raise ctx.error(f"{where}.present", f"expected a list of known people, got {present!r}")
+            if not isinstance(present, list):
+                raise ctx.error(f"{where}.present", f"expected a list of people, got {present!r}")
+            for i, who in enumerate(present):
+                if who not in people:
+                    raise ctx.error(f"{where}.present[{i}]", f"unknown person {who!r}")
             events.append(Apply(seq, day, at, person, measure, account_ref("account"), by, tuple(present)))
         elif do in ("charge", "purchase"):
             txid = ctx.text(raw["id"], f"{where}.id")
@@ -390,7 +427,9 @@ def _parse_events(
             person = person_ref("person")
             source, target = account_ref("from"), account_ref("to")
             if accounts[target].holder != accounts[source].holder:
-                raise ctx.error(f"{where}.to", f"a replacement keeps the holder: {source} and {target} differ")
+                raise ctx.error(
+                    f"{where}.to", f"a replacement keeps the holder: {source} and {target} differ"
+                )
             events.append(ReplaceAccount(seq, day, at, person, source, target))
     return events
 
@@ -400,13 +439,20 @@ def _outcome_form(raw: Any, ctx: _Ctx, key: str, codes: dict[str, Any]) -> str |
         return "accepted"
     if isinstance(raw, dict) and set(raw) == {"rejected"} and raw["rejected"] in codes:
         return {"rejected": str(raw["rejected"])}
-    raise ctx.error(key, f"expected 'accepted' or {{rejected: CODE}} with CODE one of {', '.join(codes)}; got {raw!r}")
+    raise ctx.error(
+        key, f"expected 'accepted' or {{rejected: CODE}} with CODE one of {', '.join(codes)}; got {raw!r}"
+    )
 
 
 def _parse_expect(ctx: _Ctx, raw: Any, people: dict[str, Person]) -> dict[str, Any]:
     raw = ctx.mapping(raw, "expect", _EXPECT_KEYS)
+    if not raw:
+        raise ctx.error("expect", "a scenario must expect something (applications, earned, ...)")
     expect: dict[str, Any] = {}
-    for key, codes in (("applications", APPLICATION_REJECTIONS), ("public_fund_accounts", REGISTRATION_REJECTIONS)):
+    for key, codes in (
+        ("applications", APPLICATION_REJECTIONS),
+        ("public_fund_accounts", REGISTRATION_REJECTIONS),
+    ):
         if key in raw:
             if not isinstance(raw[key], list):
                 raise ctx.error(f"expect.{key}", "expected a list, one entry per event in order")
@@ -414,9 +460,15 @@ def _parse_expect(ctx: _Ctx, raw: Any, people: dict[str, Person]) -> dict[str, A
     for key in ("earned", "statuses"):
         if key not in raw:
             continue
-        table = ctx.mapping(raw[key], f"expect.{key}", set(people))
+        table = raw[key]
+        if not isinstance(table, dict):
+            raise ctx.error(f"expect.{key}", "expected a mapping of people to measures")
         expect[key] = {}
         for person, measures in table.items():
+            if person not in people:
+                raise ctx.error(
+                    f"expect.{key}.{person}", f"unknown person {person!r}; people: {', '.join(people)}"
+                )
             measures = ctx.mapping(measures, f"expect.{key}.{person}", set(MEASURES))
             for measure, value in measures.items():
                 where = f"expect.{key}.{person}.{measure}"
@@ -428,6 +480,15 @@ def _parse_expect(ctx: _Ctx, raw: Any, people: dict[str, Person]) -> dict[str, A
     return expect
 
 
+def _scenario_at(text: str, line: int) -> str | None:
+    """The name of the scenario a line belongs to (the nearest ``name:`` above it), for error messages."""
+    for candidate in reversed(text.splitlines()[:line]):
+        found = re.match(r"^\s*-?\s*name:\s*(.+?)\s*$", candidate)
+        if found:
+            return found.group(1).strip("'\"")
+    return None
+
+
 def load_file(path: Path) -> list[Scenario]:
     """Read one scenario file (one scenario or a list of them)."""
     file = str(path)
@@ -437,6 +498,11 @@ def load_file(path: Path) -> list[Scenario]:
         raise ScenarioError(file, None, "", f"cannot read: {exc}") from None
     try:
         doc = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else 0
+        problem = exc.problem or str(exc)
+        raise ScenarioError(file, _scenario_at(text, line), f"line {line}", problem) from None
     except yaml.YAMLError as exc:
         raise ScenarioError(file, None, "", f"not valid YAML: {exc}") from None
     if doc is None:

@@ -69,7 +69,8 @@ class RunReport:
         }
         if self.errors:
             doc["errors"] = [
-                {"file": e.file, "scenario": e.scenario, "key": e.key, "message": e.message} for e in self.errors
+                {"file": e.file, "scenario": e.scenario, "key": e.key, "message": e.message}
+                for e in self.errors
             ]
         return doc
 

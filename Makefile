@@ -10,6 +10,10 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip==25.3"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# PC/SC support builds only where Debian's swig and libpcsclite-dev are installed (.ci/run installs them)
+	@if command -v swig >/dev/null && test -e /usr/include/PCSC/winscard.h; then \
+	  $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,pcsc]'; \
+	else echo "note: swig or libpcsclite-dev missing: PC/SC reader support not installed (its test will skip)"; fi
 	@touch $(STAMP)
 
 install: $(STAMP)

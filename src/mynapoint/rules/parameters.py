@@ -62,7 +62,7 @@ class _Catalogue:
 def _as_date(raw: Any, where: str) -> dt.date:
     if isinstance(raw, dt.datetime) or not isinstance(raw, dt.date):
         raise ParameterError(f"{where}: expected a date (YYYY-MM-DD), got {raw!r}")
-    return raw
+    return dt.date(raw.year, raw.month, raw.day)
 
 
 @cache

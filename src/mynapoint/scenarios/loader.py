@@ -163,12 +163,12 @@ class _Ctx:
     def amount(self, raw: Any, key: str) -> int:
         if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
             raise self.error(key, f"expected a positive whole number of yen, got {raw!r}")
-        return raw
+        return int(raw)
 
     def points(self, raw: Any, key: str) -> int:
         if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
             raise self.error(key, f"expected a whole number of points (0 or more), got {raw!r}")
-        return raw
+        return int(raw)
 
 
 # --------------------------------------------------------------------------------------- the format

@@ -52,6 +52,8 @@ __all__ = [
     "WorldOutcome",
     "evaluate_resident",
     "evaluate_world",
+    "evaluator_for",
+    "feed",
 ]
 
 PREMIUM: Final = "premium"
@@ -118,6 +120,10 @@ def _fmt_value(value: object) -> str:
 
 
 _Note = Callable[[], tuple[tuple[str, ...], str, str]]
+
+
+def _recorded_note() -> tuple[tuple[str, ...], str, str]:
+    return (), "記録済みの判定（再判定していません）", "recorded decision (not decided again)"
 
 
 @dataclass(slots=True)  # not frozen: built once per event on the hot path
@@ -315,7 +321,10 @@ class ResidentEvaluator:
 
     def on_apply(self, ev: Apply, account_linked_to: str | None) -> ApplicationDecision:
         """Decide a point application. ``account_linked_to`` is the person the account is linked to, if any."""
-        code, note = self._check(ev, account_linked_to)
+        if ev.recorded:
+            code, note = ev.recorded_code, _recorded_note
+        else:
+            code, note = self._check(ev, account_linked_to)
         if code is None:
             self._link(Link(ev.measure, ev.account, self._accounts[ev.account].mode, ev.seq, ev.day))
         decision = ApplicationDecision(ev, code, self.params, note)
@@ -477,7 +486,9 @@ class ResidentEvaluator:
         person_kana = self.person.kana
         checked = person_kana is not None and ev.holder_kana is not None
         code = None
-        if checked and kana_key(person_kana or "") != kana_key(ev.holder_kana or ""):
+        if ev.recorded:
+            code = ev.recorded_code
+        elif checked and kana_key(person_kana or "") != kana_key(ev.holder_kana or ""):
             code = "holder_name_mismatch"
         decision = RegistrationDecision(ev, code, checked, person_kana)
         self.registrations.append(decision)
@@ -673,10 +684,8 @@ class ResidentHistory:
     linked_elsewhere: Mapping[str, tuple[int, str]] = field(default_factory=dict)
 
 
-def evaluate_resident(history: ResidentHistory, params: Parameters, *, as_of_day: int) -> ResidentResult:
-    evaluator = ResidentEvaluator(
-        history.person, params, accounts=history.accounts, providers=history.providers, as_of_day=as_of_day
-    )
+def feed(evaluator: ResidentEvaluator, history: ResidentHistory) -> None:
+    """Feed a resident's history to an evaluator, in order (the per-resident path)."""
     elsewhere = history.linked_elsewhere
     on_transaction, on_refund = evaluator.on_transaction, evaluator.on_refund
     # exact type checks: cheaper than isinstance on the batch hot path (the event classes are final)
@@ -696,7 +705,19 @@ def evaluate_resident(history: ResidentHistory, params: Parameters, *, as_of_day
         elif kind is ReplaceAccount:
             other = elsewhere.get(ev.to_account)  # type: ignore[attr-defined]
             evaluator.on_replace(ev, other[1] if other is not None and other[0] < ev.seq else None)  # type: ignore[arg-type]
-    return evaluator.result()
+
+
+def evaluator_for(history: ResidentHistory, params: Parameters, *, as_of_day: int) -> ResidentEvaluator:
+    evaluator = ResidentEvaluator(
+        history.person, params, accounts=history.accounts, providers=history.providers, as_of_day=as_of_day
+    )
+    feed(evaluator, history)
+    return evaluator
+
+
+def evaluate_resident(history: ResidentHistory, params: Parameters, *, as_of_day: int) -> ResidentResult:
+    """What one resident has earned at the end of ``as_of_day``, with statuses (the per-resident path)."""
+    return evaluator_for(history, params, as_of_day=as_of_day).result()
 
 
 @dataclass(frozen=True, slots=True)

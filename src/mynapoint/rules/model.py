@@ -136,6 +136,10 @@ class Apply(Event):
     account: str
     by: str
     present: tuple[str, ...]
+    # A decision already taken and recorded (the platform replaying a resident's history): honoured as it
+    # stands, never re-decided, so that a later parameter edition cannot rewrite an earlier decision.
+    recorded: bool = False
+    recorded_code: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +165,8 @@ class RegisterHealthInsurance(Event):
 class RegisterPublicFundAccount(Event):
     person: str
     holder_kana: str | None = None
+    recorded: bool = False  # a decision already taken and recorded (see Apply.recorded)
+    recorded_code: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,12 @@
+"""Settings for the test suite: a throw-away data folder, and fast password hashing."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("MYNAPOINT_DATA_DIR", tempfile.mkdtemp(prefix="mynapoint-test-"))
+
+from mynapoint.config.settings import *  # noqa: F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

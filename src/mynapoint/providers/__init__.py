@@ -1,0 +1,1 @@
+"""Payment-service providers: who they are, and what their users charge, buy and refund."""

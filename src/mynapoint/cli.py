@@ -17,6 +17,16 @@ from mynapoint.rules.parameters import ParameterError, available_editions, load_
 _DATE = click.DateTime(formats=["%Y-%m-%d"])
 
 
+def _django() -> None:
+    """Set Django up for the commands that use the database."""
+    import os
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mynapoint.config.settings")
+    import django
+
+    django.setup()
+
+
 def _console() -> Console:
     # a pipe or a CI log gets a wide table instead of rich's 80-column default
     return Console(highlight=False, width=None if sys.stdout.isatty() else 180)
@@ -173,6 +183,298 @@ def bench_rules(residents: int, batch_residents: int, seed: int, as_json: bool) 
     )
     if as_json:
         click.echo(json.dumps(figures, indent=2))
+
+
+# ------------------------------------------------------------------------------------------- Django
+
+
+@main.command(
+    "manage",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def manage(args: tuple[str, ...]) -> None:
+    """Django's manage.py (migrate, createsuperuser, ...): `mynapoint manage migrate`."""
+    import os
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mynapoint.config.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(["mynapoint manage", *args])
+
+
+@main.command("demo")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--serve/--no-serve", default=True, help="Start the server after loading the demo data.")
+@click.option(
+    "--clock-start",
+    default=None,
+    help="Run the programme clock from this moment (ISO with offset). Default: 2023-03-15T10:00:00+09:00.",
+)
+def demo(host: str, port: int, serve: bool, clock_start: str | None) -> None:
+    """Migrate the embedded database, load the demo data, and start the server."""
+    import os
+
+    if clock_start is None and not os.environ.get("MYNAPOINT_CLOCK_START"):
+        from mynapoint.clock import DEMO_START
+
+        clock_start = DEMO_START.isoformat()
+    if clock_start:
+        os.environ["MYNAPOINT_CLOCK_START"] = clock_start
+    _django()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from mynapoint import clock
+    from mynapoint.demo import load_demo
+
+    if clock_start:
+        clock.start_at(dt.datetime.fromisoformat(clock_start))
+    console = _console()
+    console.print(f"データベース / database: {settings.DATABASES['default']['NAME']}")
+    call_command("migrate", verbosity=0, interactive=False)
+    folder = Path(settings.DATA_DIR) / "demo"
+    residents = load_demo(folder=folder, now=clock.now(), echo=console.print)
+    console.print(f"プログラムの時計 / programme clock: {clock.now():%Y-%m-%d %H:%M} JST")
+    table = Table(title="デモの住民 / demo residents (software cards; the PIN stays on the card)")
+    for col in ("name", "MyKey ID", "card", "PIN", "accounts (service ID: security code)"):
+        table.add_column(col)
+    from mynapoint.demo import DEMO_RESIDENTS
+
+    for person in DEMO_RESIDENTS:
+        accounts = ", ".join(f"{a}: {' '.join(c)}" for a, c in person.accounts.items()) or "—"
+        table.add_row(
+            person.name,
+            residents[person.key].mykey_id,
+            str(folder / "cards" / f"{person.key}.json"),
+            person.pin,
+            accounts,
+        )
+    console.print(table)
+    url = f"http://{host}:{port}"
+    card = folder / "cards" / "hanako.json"
+    console.print(
+        "\n山田花子さんとしてログインし、3つの施策に申し込む / log in as Hanako and apply for all three measures:\n"
+        f"  MYNAPOINT_PIN=4071 mynapoint resident apply --server {url} --card {card} "
+        "--measure premium --provider demo --service-id 4000-0001 --code 1234 --mode charge\n"
+        f"  (then --measure health_insurance, --measure public_fund; `mynapoint resident status --server {url} "
+        f"--card {card}` shows the status)\n"
+        "田中太郎さん（カード申請が2023年3月）と佐藤三郎さん（第1弾で5,000ポイント受取済み）は断られます / "
+        "Taro and Saburo are refused, with the reason."
+    )
+    if serve:
+        console.print(f"\nサーバーを起動します / serving on {url} (Ctrl-C to stop)")
+        call_command("runserver", f"{host}:{port}", use_reloader=False, use_threading=True)
+
+
+# ------------------------------------------------------------------------------------------- JPKI
+
+
+@main.group()
+def jpki() -> None:
+    """テスト用の認証局とカード (test CA, software cards, CRLs)."""
+
+
+def _now() -> dt.datetime:
+    from mynapoint import clock
+
+    return clock.now()
+
+
+@jpki.command("make-test-ca")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace an existing CA in the folder.")
+def jpki_make_test_ca(folder: Path, force: bool) -> None:
+    """Make a test JPKI user-authentication CA (ca.pem, ca-key.pem) and an empty CRL in FOLDER."""
+    from mynapoint.identity.jpki.ca import make_test_ca, publish_crl, save_ca
+
+    if (folder / "ca.pem").exists() and not force:
+        raise click.UsageError(f"{folder}/ca.pem exists; use --force to replace it")
+    now = _now()
+    ca = make_test_ca(now=now - dt.timedelta(days=1))
+    save_ca(ca, folder)
+    publish_crl(ca=ca, directory=folder, now=now)
+    click.echo(f"test CA written to {folder} (ca.pem, ca-key.pem, crl.pem)")
+
+
+@jpki.command("issue-card")
+@click.option("--ca", "ca_folder", required=True, type=click.Path(path_type=Path, exists=True))
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--pin", prompt="PIN (4 digits)", hide_input=True, confirmation_prompt=True, envvar="MYNAPOINT_PIN"
+)
+def jpki_issue_card(ca_folder: Path, out: Path, pin: str) -> None:
+    """Issue a software card with a user-authentication certificate from the test CA."""
+    from mynapoint.identity.jpki.ca import load_ca
+    from mynapoint.identity.jpki.card import SoftwareCard
+
+    card = SoftwareCard.issue(ca=load_ca(ca_folder), pin=pin, now=_now())
+    card.save(out)
+    click.echo(f"software card written to {out}")
+
+
+@jpki.command("publish-crl")
+@click.option("--ca", "ca_folder", required=True, type=click.Path(path_type=Path, exists=True))
+@click.option("--revoke", "revoke_cards", multiple=True, type=click.Path(path_type=Path, exists=True))
+@click.option("--number", default=None, type=int, help="CRL number (default: one more than the last).")
+def jpki_publish_crl(ca_folder: Path, revoke_cards: tuple[Path, ...], number: int | None) -> None:
+    """Publish a CRL that revokes the given cards' certificates (and keeps earlier revocations)."""
+    from cryptography import x509
+
+    from mynapoint.identity.jpki.ca import load_ca, load_crl, publish_crl
+    from mynapoint.identity.jpki.card import SoftwareCard
+
+    previous = load_crl(ca_folder)
+    revoked = {entry.serial_number for entry in previous} if previous is not None else set()
+    for path in revoke_cards:
+        revoked.add(x509.load_der_x509_certificate(SoftwareCard.load(path).certificate_der).serial_number)
+    last = 0
+    if previous is not None:
+        try:
+            last = previous.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        except x509.ExtensionNotFound:
+            last = 0
+    publish_crl(
+        ca=load_ca(ca_folder),
+        directory=ca_folder,
+        now=_now(),
+        revoked=sorted(revoked),
+        crl_number=number or last + 1,
+    )
+    click.echo(f"CRL published in {ca_folder}/crl.pem with {len(revoked)} revoked certificate(s)")
+
+
+# ------------------------------------------------------------------------------------------- residents
+
+
+@main.group()
+def resident() -> None:
+    """利用者としての操作 (a resident, over the HTTP API, with a card)."""
+
+
+def _card(card_file: Path | None, reader: str | None) -> Any:
+    if reader is not None:
+        from mynapoint.identity.jpki.pcsc import PcscTransport
+
+        return PcscTransport(reader or None)
+    if card_file is None:
+        raise click.UsageError("give --card FILE (a software card) or --reader NAME (a PC/SC reader)")
+    from mynapoint.identity.jpki.card import SoftwareCard
+
+    return SoftwareCard.load(card_file)
+
+
+def _login(server: str, card_file: Path | None, reader: str | None, pin: str) -> Any:
+    from mynapoint.identity.jpki.client import JpkiClientError
+    from mynapoint.resident_client import ApiError, ResidentClient
+
+    client = ResidentClient(server)
+    card = _card(card_file, reader)
+    try:
+        who = client.login(card, pin)
+    except JpkiClientError as exc:
+        raise click.ClickException(f"{exc.message_ja} / {exc}") from None
+    except ApiError as exc:
+        raise click.ClickException(f"ログインできません / login refused: {exc}") from None
+    finally:
+        if card_file is not None and hasattr(card, "save"):
+            card.save(card_file)  # a software card remembers its tries left
+    click.echo(f"{who['message']}: マイキーID {who['mykey_id']}")
+    return client
+
+
+_server = click.option("--server", default="http://127.0.0.1:8000", show_default=True)
+_card_opt = click.option(
+    "--card", "card_file", type=click.Path(path_type=Path, exists=True), help="software card file"
+)
+_reader = click.option("--reader", default=None, help="PC/SC reader name ('' for the first)")
+_pin = click.option("--pin", prompt="暗証番号 / PIN", hide_input=True, envvar="MYNAPOINT_PIN")
+
+
+@resident.command("apply")
+@_server
+@_card_opt
+@_reader
+@_pin
+@click.option("--measure", required=True, type=click.Choice(["premium", "health_insurance", "public_fund"]))
+@click.option("--provider", required=True)
+@click.option("--service-id", required=True)
+@click.option("--code", "codes", multiple=True, required=True, help="security code (repeat for 2 or 3)")
+@click.option("--mode", type=click.Choice(["charge", "purchase"]), default=None)
+def resident_apply(
+    server: str,
+    card_file: Path | None,
+    reader: str | None,
+    pin: str,
+    measure: str,
+    provider: str,
+    service_id: str,
+    codes: tuple[str, ...],
+    mode: str | None,
+) -> None:
+    """Log in with the card and apply for a measure with a payment account."""
+    from mynapoint.resident_client import ApiError
+
+    client = _login(server, card_file, reader, pin)
+    try:
+        result = client.apply(
+            measure=measure, provider=provider, service_id=service_id, security_codes=list(codes), mode=mode
+        )
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        client.logout()
+    click.echo(result["message"])
+    click.echo(result["message_en"])
+    if not result["accepted"]:
+        click.echo(result["explanation"])
+        sys.exit(3)
+
+
+@resident.command("status")
+@_server
+@_card_opt
+@_reader
+@_pin
+def resident_status_command(server: str, card_file: Path | None, reader: str | None, pin: str) -> None:
+    """Log in with the card and show the points and the status of each measure."""
+    client = _login(server, card_file, reader, pin)
+    try:
+        me = client.me()
+    finally:
+        client.logout()
+    table = Table(title=f"マイキーID {me['mykey_id']}（{me['as_of']} 時点）")
+    for col in ("施策", "ポイント", "状況", "説明"):
+        table.add_column(col, overflow="fold")
+    for m in me["measures"]:
+        table.add_row(m["measure"], f"{m['earned']:,}", m["status"], m["explanation"])
+    _console().print(table)
+    click.echo(f"合計 / total: {me['total']:,}")
+
+
+# ------------------------------------------------------------------------------------------- audit
+
+
+@main.group()
+def audit() -> None:
+    """監査ログ (the audit log)."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain of the audit log from the first event to the last."""
+    _django()
+    from mynapoint.audit.selectors import verify_chain
+
+    with _console().status("監査ログを検証中 / verifying the audit log ...") as status:
+        report = verify_chain(progress=lambda n: status.update(f"{n:,} events checked"))
+    if report.ok:
+        click.echo(f"audit log OK: {report.checked:,} events, chain intact")
+        return
+    click.echo(f"audit log BROKEN after {report.checked:,} good events: {report.problem}", err=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

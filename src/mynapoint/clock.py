@@ -12,7 +12,9 @@ import os
 
 from mynapoint.rules.model import JST
 
-__all__ = ["JST", "now", "start_at", "today_jst"]
+__all__ = ["DEMO_START", "JST", "now", "start_at", "today_jst"]
+
+DEMO_START = dt.datetime(2023, 3, 15, 10, 0, tzinfo=JST)  # the demo runs on the programme's calendar
 
 _offset: dt.timedelta | None = None
 

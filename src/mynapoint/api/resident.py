@@ -11,7 +11,8 @@ import datetime as dt
 from typing import Any
 
 from django.http import HttpRequest
-from ninja import NinjaAPI, Schema
+from ninja import NinjaAPI, Schema, Status
+from ninja.errors import ValidationError
 from ninja.security import APIKeyCookie
 
 from mynapoint import clock
@@ -78,6 +79,22 @@ def _b64(value: str, what: str) -> bytes:
         ) from None
 
 
+@api.exception_handler(ValidationError)
+def _validation_error(request: HttpRequest, exc: ValidationError) -> Any:
+    where = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', []) if p != 'body')}: {e.get('msg', '')}" for e in exc.errors
+    )
+    return api.create_response(
+        request,
+        {
+            "code": "invalid_input",
+            "message": f"入力内容に誤りがあります（{where}）",
+            "message_en": f"invalid input: {where}",
+        },
+        status=422,
+    )
+
+
 @api.exception_handler(ApplicationError)
 def _application_error(request: HttpRequest, exc: ApplicationError) -> Any:
     return api.create_response(
@@ -136,7 +153,7 @@ def login_jpki(request: HttpRequest, body: JpkiLogin) -> Any:
             who=_who(request, "login"),
         )
     except LoginRejected as exc:
-        return 401, {"code": exc.code, "message": exc.message_ja, "message_en": exc.message_en}
+        return Status(401, {"code": exc.code, "message": exc.message_ja, "message_en": exc.message_en})
     request.session.cycle_key()  # a new session for each login: nothing carries over on a shared terminal
     request.session[SESSION_KEY] = resident.pk
     message = "マイキーIDを発行しました" if created else "ログインしました"
@@ -146,7 +163,7 @@ def login_jpki(request: HttpRequest, body: JpkiLogin) -> Any:
 @api.post("/logout", response={204: None}, auth=session_auth, summary="ログアウト")
 def logout(request: HttpRequest) -> Any:
     request.session.flush()
-    return 204, None
+    return Status(204, None)
 
 
 class Profile(Schema):
@@ -219,6 +236,9 @@ class ApplicationIn(Schema):
     service_id: str
     security_codes: list[str]
     mode: str | None = None
+    # a legal representative applying for a minor: the minor's MyKey ID, and whether the minor is present
+    on_behalf_of: str | None = None
+    ward_present: bool = False
 
 
 class ApplicationOut(Schema):
@@ -239,22 +259,34 @@ class ApplicationOut(Schema):
     summary="ポイントの申込（決済サービスとの紐づけ）",
 )
 def post_application(request: HttpRequest, body: ApplicationIn) -> Any:
-    resident = _resident(request)
+    operator = _resident(request)
     if body.measure not in MEASURES:
         raise ApplicationError(
             "unknown_measure", "施策の指定が正しくありません", f"unknown measure {body.measure!r}"
         )
+    applicant, present = operator, [operator]
+    if body.on_behalf_of:
+        ward = Resident.objects.filter(mykey_id=body.on_behalf_of, legal_representative=operator).first()
+        if ward is None:
+            raise ApplicationError(
+                "not_representative",
+                "法定代理人として登録されている方のみ代理で申し込めます",
+                "you are not registered as this person's legal representative",
+                field="on_behalf_of",
+            )
+        applicant = ward
+        present = [operator, ward] if body.ward_present else [operator]
     result = apply_for_measure(
-        resident=resident,
+        resident=applicant,
         measure=body.measure,
         provider_key=body.provider,
         service_id=body.service_id,
         security_codes=body.security_codes,
         mode=body.mode,
-        operated_by=None,
-        present=[],
+        operated_by=operator,
+        present=present,
         now=clock.now(),
-        who=_who(request, resident.mykey_id),
+        who=_who(request, operator.mykey_id),
     )
     app = result.application
     return {

@@ -187,6 +187,13 @@ def apply_for_measure(
             field="service_id",
         )
     operator = operated_by or resident
+    if operator.pk != resident.pk and operator.pk != resident.legal_representative_id:
+        raise ApplicationError(
+            "not_representative",
+            "本人または法定代理人のみが申し込めます",
+            "only the person or her legal representative may apply",
+            field="operated_by",
+        )
     with transaction.atomic(durable=True):
         account, _ = PaymentAccount.objects.get_or_create(provider=provider, service_id=service_id)
         account = _lock(PaymentAccount.objects.filter(pk=account.pk)).select_related("linked_resident").get()

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 from cryptography import x509
+from support import FEED, NOW, SELF, card_login
 
 from mynapoint.applications.selectors import resident_status
 from mynapoint.applications.services import (
@@ -20,8 +21,6 @@ from mynapoint.identity.jpki.card import SoftwareCard
 from mynapoint.identity.models import Resident
 from mynapoint.identity.services import serial_text
 from mynapoint.providers.models import Provider
-
-from support import FEED, NOW, SELF, card_login
 
 pytestmark = pytest.mark.django_db
 

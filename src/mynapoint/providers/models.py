@@ -13,6 +13,12 @@ class ProviderKind(models.TextChoices):
     PREPAID = "prepaid", "プリペイドカード"
 
 
+class GrantSchedule(models.TextChoices):
+    IMMEDIATE = "immediate", "即時"
+    MONTHLY = "monthly", "翌月の指定日"
+    DAYS_AFTER = "days_after", "取引からN日後"
+
+
 class Provider(models.Model):
     key = models.SlugField(max_length=40, unique=True)
     name_ja = models.CharField(max_length=100)
@@ -24,6 +30,11 @@ class Provider(models.Model):
     application_deadline = models.DateField(null=True, blank=True)
     security_code_count = models.PositiveSmallIntegerField(default=1)
     pre_registration_required = models.BooleanField(default=False)
+    # when grants are due: immediately, on day N of the next month, or N days after the transaction
+    grant_schedule = models.CharField(
+        max_length=12, choices=GrantSchedule.choices, default=GrantSchedule.IMMEDIATE
+    )
+    grant_schedule_days = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         ordering = ["key"]

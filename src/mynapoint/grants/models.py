@@ -1,0 +1,59 @@
+"""Grant instructions to providers (付与 and 付与取消) and the outbox that pushes them."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class GrantStatus(models.TextChoices):
+    INSTRUCTED = "instructed", "付与指示済"
+    ACKNOWLEDGED = "acknowledged", "付与完了"
+
+
+class Grant(models.Model):
+    """One change of a resident's points for a measure, instructed to the provider of her link.
+
+    ``amount`` is positive for a grant and negative for a claw-back; ``cumulative_after`` is what the
+    resident holds under the measure once it is done. ``(resident, measure, ordinal)`` is unique, which is
+    what makes posting exactly-once when two runs or a restarted run meet."""
+
+    resident = models.ForeignKey("identity.Resident", on_delete=models.PROTECT, related_name="grants")
+    measure = models.CharField(max_length=20)
+    provider = models.ForeignKey("providers.Provider", on_delete=models.PROTECT, related_name="grants")
+    account = models.ForeignKey(
+        "applications.PaymentAccount", on_delete=models.PROTECT, related_name="grants"
+    )
+    ordinal = models.PositiveIntegerField()
+    amount = models.IntegerField()
+    cumulative_after = models.IntegerField()
+    due_as_of = models.DateField()  # the JST day the entitlement was computed for
+    instructed_at = models.DateTimeField()
+    instruction_entry = models.ForeignKey("ledger.Entry", on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(max_length=12, choices=GrantStatus.choices, default=GrantStatus.INSTRUCTED)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledgement_entry = models.ForeignKey(
+        "ledger.Entry", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    provider_reference = models.CharField(max_length=100, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["resident", "measure", "ordinal"], name="grant_once_per_ordinal")
+        ]
+        indexes = [models.Index(fields=["provider", "id"])]
+
+
+class OutboxMessage(models.Model):
+    """A message to push to a provider (signed webhook), written in the same transaction as its cause."""
+
+    provider = models.ForeignKey("providers.Provider", on_delete=models.PROTECT, related_name="outbox")
+    topic = models.CharField(max_length=40)  # grant | link | stop
+    payload = models.JSONField()
+    created_at = models.DateTimeField()
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["delivered_at", "next_attempt_at"])]

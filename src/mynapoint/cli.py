@@ -185,6 +185,21 @@ def bench_rules(residents: int, batch_residents: int, seed: int, as_json: bool) 
         click.echo(json.dumps(figures, indent=2))
 
 
+@bench.command("logins")
+@click.option("--n", "count", default=2000, show_default=True, help="Logins to verify.")
+@click.option("--crl-entries", default=1000, show_default=True)
+def bench_logins_command(count: int, crl_entries: int) -> None:
+    """JPKI login verifications per second (nonce, validity, chain, signature and CRL together, one core)."""
+    from mynapoint.identity.jpki.bench import bench_logins
+
+    figures = bench_logins(count, crl_entries=crl_entries)
+    click.echo(
+        f"JPKI login verification: {figures['verifications_per_second']:,.0f} logins/s "
+        f"(mean {figures['mean_ms']} ms, p99 {figures['p99_ms']} ms; {figures['checks']}; "
+        f"CRL of {figures['crl_entries']:,} entries; {count:,} logins)"
+    )
+
+
 # ------------------------------------------------------------------------------------------- Django
 
 
@@ -452,6 +467,81 @@ def resident_status_command(server: str, card_file: Path | None, reader: str | N
         table.add_row(m["measure"], f"{m['earned']:,}", m["status"], m["explanation"])
     _console().print(table)
     click.echo(f"合計 / total: {me['total']:,}")
+
+
+# ------------------------------------------------------------------------------------------- grants, ledger
+
+
+@main.group()
+def grants() -> None:
+    """ポイント付与 (grants to providers)."""
+
+
+@grants.command("run")
+@click.option("--as-of", "as_of", type=_DATE, default=None, help="Run as on this JST day (default: today).")
+def grants_run(as_of: dt.datetime | None) -> None:
+    """Instruct every grant and claw-back that is due, resident by resident (safe to kill and rerun)."""
+    _django()
+    from rich.progress import Progress
+
+    from mynapoint import clock
+    from mynapoint.audit.services import Actor
+    from mynapoint.grants.services import run_grants
+
+    now = clock.now()
+    today = as_of.date() if as_of else now.date()
+    with Progress(console=_console(), transient=True) as bar:
+        task = bar.add_task("付与を計算中 / computing grants", total=None)
+        report = run_grants(
+            today=today,
+            now=now,
+            who=Actor(actor="grant-engine", channel="system", terminal="cli"),
+            progress=lambda n, total: bar.update(task, completed=n, total=total),
+        )
+    click.echo(
+        f"grants run as of {today}: {report.residents:,} residents, {report.grants:,} grants, "
+        f"{report.clawbacks:,} claw-backs, {report.points:+,} points"
+    )
+    for error in report.errors:
+        click.echo(f"error: {error}", err=True)
+    sys.exit(1 if report.errors else 0)
+
+
+@main.group()
+def ledger() -> None:
+    """ポイント元帳 (the ledger)."""
+
+
+@ledger.command("verify")
+def ledger_verify() -> None:
+    """Prove the ledger: sums balance, nobody above a cap, every grant traces to its facts."""
+    _django()
+    from mynapoint.grants.selectors import verify_programme_ledger
+
+    report = verify_programme_ledger()
+    if report.ok:
+        click.echo(
+            f"ledger OK: {report.entries:,} entries balance, no resident above a cap, every grant traced"
+        )
+        return
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    sys.exit(1)
+
+
+@ledger.command("balance")
+@click.argument("code")
+@click.option("--as-of", "as_of", type=_DATE, default=None)
+def ledger_balance(code: str, as_of: dt.datetime | None) -> None:
+    """The balance of a ledger account (budget, payable:PROVIDER, resident:MYKEY:MEASURE) at a JST day."""
+    _django()
+    from mynapoint.ledger.selectors import balance, balances
+
+    if code.endswith("*"):
+        for account, amount in balances(prefix=code[:-1], as_of=as_of.date() if as_of else None).items():
+            click.echo(f"{account}\t{amount:,}")
+        return
+    click.echo(f"{code}\t{balance(code, as_of=as_of.date() if as_of else None):,}")
 
 
 # ------------------------------------------------------------------------------------------- audit

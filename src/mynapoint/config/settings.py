@@ -40,6 +40,8 @@ INSTALLED_APPS = [
     "mynapoint.identity",
     "mynapoint.providers",
     "mynapoint.applications",
+    "mynapoint.ledger",
+    "mynapoint.grants",
 ]
 
 MIDDLEWARE = [
@@ -115,3 +117,17 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("MYNAPOINT_LOG_LEVEL", "WARNING")},
 }
+
+# --- 認証アプリ (OpenID Connect) ---
+# The Digital Agency's 認証アプリ as an OpenID provider (authorization code + PKCE S256). An empty issuer switches
+# the route off (/auth/oidc/start answers 503). No client secret: a public client, protected by PKCE.
+MYNAPOINT_OIDC_ISSUER = os.environ.get("MYNAPOINT_OIDC_ISSUER", "")
+MYNAPOINT_OIDC_CLIENT_ID = os.environ.get("MYNAPOINT_OIDC_CLIENT_ID", "")
+MYNAPOINT_OIDC_CLIENT_SECRET = os.environ.get("MYNAPOINT_OIDC_CLIENT_SECRET", "")
+# Where the provider sends the browser back; empty: this server's /auth/oidc/callback
+MYNAPOINT_OIDC_REDIRECT_URI = os.environ.get("MYNAPOINT_OIDC_REDIRECT_URI", "")
+
+# --- parameter what-ifs ---
+# Values that replace those of MYNAPOINT_PARAMETER_EDITION, by parameter name (as a scenario's `parameters:`).
+# Empty in a deployment; the scenario parity test sets it to decide with a scenario's parameters.
+MYNAPOINT_PARAMETER_OVERRIDES: dict[str, object] = {}

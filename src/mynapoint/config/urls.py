@@ -2,8 +2,11 @@ from __future__ import annotations
 
 from django.urls import URLPattern, URLResolver, path
 
+from mynapoint.api import oidc
 from mynapoint.api.resident import api as resident_api
 
 urlpatterns: list[URLPattern | URLResolver] = [
     path("api/resident/v1/", resident_api.urls),
+    path("auth/oidc/start", oidc.oidc_start, name="oidc_start"),
+    path("auth/oidc/callback", oidc.oidc_callback, name="oidc_callback"),
 ]

@@ -14,16 +14,10 @@ from mynapoint.grants.models import Grant
 from mynapoint.grants.services import acknowledge_grant, due_cutoff, grant_due_points, run_grants
 from mynapoint.identity.models import Resident
 from mynapoint.ledger.selectors import balance, balances, verify_ledger
-from mynapoint.ledger.services import forget_account_cache
 from mynapoint.providers.models import Provider
 
 pytestmark = pytest.mark.django_db
 OFFICE = FEED
-
-
-@pytest.fixture(autouse=True)
-def _fresh_ledger_cache() -> None:
-    forget_account_cache()
 
 
 def _charge(txid: str, amount: int, when: dt.datetime, service_id: str = "G-1") -> None:

@@ -23,7 +23,7 @@ from mynapoint.audit.services import Actor, record
 from mynapoint.grants.models import Grant, GrantStatus, OutboxMessage
 from mynapoint.identity.models import Resident
 from mynapoint.ledger.services import BUDGET, payable, post_entry, resident_account
-from mynapoint.providers.models import GrantSchedule, Provider
+from mynapoint.providers.models import GrantDelivery, GrantSchedule, Provider
 from mynapoint.rules.engine import ResidentEvaluator, evaluator_for
 from mynapoint.rules.model import MEASURES
 from mynapoint.rules.parameters import Parameters
@@ -140,13 +140,14 @@ def grant_due_points(*, resident: Resident, today: dt.date, now: dt.datetime, wh
                 instructed_at=now,
                 instruction_entry=entry,
             )
-            OutboxMessage.objects.create(
-                provider=provider,
-                topic="grant",
-                payload={"grant_id": grant.pk},
-                created_at=now,
-                next_attempt_at=now,
-            )
+            if provider.grant_delivery == GrantDelivery.PUSH:
+                OutboxMessage.objects.create(
+                    provider=provider,
+                    topic="grant",
+                    payload={"grant_id": grant.pk},
+                    created_at=now,
+                    next_attempt_at=now,
+                )
             record(
                 who=who,
                 action="grant_instructed" if delta > 0 else "clawback_instructed",

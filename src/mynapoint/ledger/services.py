@@ -27,13 +27,7 @@ def resident_account(mykey_id: str, measure: str) -> str:
     return f"resident:{mykey_id}:{measure}"
 
 
-_account_ids: dict[str, int] = {}
-
-
 def _account_id(code: str) -> int:
-    cached = _account_ids.get(code)
-    if cached is not None:
-        return cached
     kind, _, rest = code.partition(":")
     fields: dict[str, str] = {"kind": kind}
     if kind == "payable":
@@ -42,13 +36,7 @@ def _account_id(code: str) -> int:
         mykey_id, _, measure = rest.partition(":")
         fields.update(mykey_id=mykey_id, measure=measure)
     account, _ = LedgerAccount.objects.get_or_create(code=code, defaults=fields)
-    _account_ids[code] = account.pk
     return account.pk
-
-
-def forget_account_cache() -> None:
-    """Tests that roll back the database call this (account ids may be reused)."""
-    _account_ids.clear()
 
 
 def post_entry(

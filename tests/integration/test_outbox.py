@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from support import FEED, NOW, SELF
 
 from mynapoint.applications.services import apply_for_measure
 from mynapoint.applications.transactions import record_transaction
@@ -19,10 +20,8 @@ from mynapoint.grants.services import grant_due_points
 from mynapoint.identity.models import Resident
 from mynapoint.providers.models import Provider
 
-from support import FEED, NOW, SELF
-
 pytestmark = pytest.mark.django_db
-SECRET = "whsec-test"
+SECRET = "whsec-test"  # noqa: S105 - a test webhook secret
 
 
 class Receiver:
@@ -34,7 +33,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 signed = verify_signature(
                     SECRET, body, self.headers.get("X-Mynapoint-Signature", ""), now=NOW

@@ -479,20 +479,27 @@ def grants() -> None:
 
 @grants.command("run")
 @click.option("--as-of", "as_of", type=_DATE, default=None, help="Run as on this JST day (default: today).")
-def grants_run(as_of: dt.datetime | None) -> None:
+@click.option(
+    "--batch/--per-resident",
+    default=False,
+    help="Compute the whole population at once in columns (national runs) instead of resident by resident.",
+)
+def grants_run(as_of: dt.datetime | None, batch: bool) -> None:
     """Instruct every grant and claw-back that is due, resident by resident (safe to kill and rerun)."""
     _django()
     from rich.progress import Progress
 
     from mynapoint import clock
     from mynapoint.audit.services import Actor
+    from mynapoint.grants.batch import run_grants_batch
     from mynapoint.grants.services import run_grants
 
+    engine = run_grants_batch if batch else run_grants
     now = clock.now()
     today = as_of.date() if as_of else now.date()
     with Progress(console=_console(), transient=True) as bar:
         task = bar.add_task("付与を計算中 / computing grants", total=None)
-        report = run_grants(
+        report = engine(
             today=today,
             now=now,
             who=Actor(actor="grant-engine", channel="system", terminal="cli"),

@@ -409,9 +409,11 @@ def record_public_fund_registration(
                 )
             return existing, False
         me = _lock(Resident.objects.filter(pk=resident.pk)).get()
+        history = resident_history(me)  # the evaluator needs her accounts (a phase-1 link among them)
         evaluator = ResidentEvaluator(
-            person_of(me), parameters(), accounts={}, providers={}, as_of_day=jst_day(registered_at)
-        )
+            person_of(me), parameters(), accounts=history.accounts, providers=history.providers,
+            as_of_day=jst_day(registered_at),
+        )  # fmt: skip
         decision = evaluator.on_register_public_fund(
             RegisterPublicFundAccount(0, jst_day(registered_at), registered_at, me.mykey_id, holder_kana)
         )

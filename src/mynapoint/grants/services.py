@@ -87,22 +87,25 @@ def grant_due_points(*, resident: Resident, today: dt.date, now: dt.datetime, wh
     params = parameters()
     with transaction.atomic(durable=True):
         me = _lock_resident(resident)
-        links = {
-            app.measure: app
+        targets = {
+            app.measure: app.account
             for app in PointApplication.objects.select_related("account__provider").filter(
                 resident=me, status=ApplicationStatus.ACCEPTED
             )
         }
-        if not links:
+        carried = _phase1_account(me, params)
+        if "premium" not in targets and carried is not None:
+            targets["premium"] = carried  # a phase-1 link carried into phase 2 (program.md D2)
+        if not targets:
             return []
         history = resident_history(me)
         evaluators: dict[dt.date, ResidentEvaluator] = {}
         made: list[Grant] = []
         for measure in MEASURES:
-            app = links.get(measure)
-            if app is None:
+            linked = targets.get(measure)
+            if linked is None:
                 continue
-            account = _current_account(me, app.account)
+            account = _current_account(me, linked)
             provider = account.provider
             cutoff = due_cutoff(provider, today)
             evaluator = evaluators.get(cutoff)
@@ -159,6 +162,22 @@ def grant_due_points(*, resident: Resident, today: dt.date, now: dt.datetime, wh
             )
             made.append(grant)
         return made
+
+
+def _phase1_account(resident: Resident, params: Parameters) -> PaymentAccount | None:
+    """The phase-1 account a resident keeps earning on, if her phase-1 link carries over (program.md §3)."""
+    if resident.phase1_applied is None or not resident.phase1_account or "/" not in resident.phase1_account:
+        return None
+    if resident.phase1_applied.toordinal() > params.phase1_application_cutoff_day:
+        return None
+    if (resident.phase1_points or 0) >= params.premium_cap:
+        return None
+    provider_key, service_id = resident.phase1_account.split("/", 1)
+    return (
+        PaymentAccount.objects.select_related("provider")
+        .filter(provider__key=provider_key, service_id=service_id)
+        .first()
+    )
 
 
 def _current_account(resident: Resident, account: PaymentAccount) -> PaymentAccount:

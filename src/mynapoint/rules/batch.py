@@ -30,7 +30,13 @@ from mynapoint.rules.engine import ResidentEvaluator
 from mynapoint.rules.model import MEASURES, MODES
 from mynapoint.rules.parameters import Parameters
 
-__all__ = ["BatchFrames", "compute_entitlements", "frames_from_evaluators", "plain_group_by_baseline"]
+__all__ = [
+    "BatchFrames",
+    "compute_entitlements",
+    "counted_transactions",
+    "frames_from_evaluators",
+    "plain_group_by_baseline",
+]
 
 SEQ_MAX: Final = (1 << 62) - 1
 DAY_MAX: Final = (1 << 31) - 1
@@ -92,21 +98,15 @@ def _by_pid(n: int, pids: pl.Series, values: pl.Series, dtype: pl.DataType) -> p
     return column.scatter(pids, values) if len(pids) else column
 
 
-def compute_entitlements(frames: BatchFrames, params: Parameters, *, as_of_day: int) -> pl.DataFrame:
-    """Points earned at the end of ``as_of_day`` per resident: pid, premium, health_insurance, public_fund,
-    and a status per measure (the same words as the engine).
-
-    Residents are numbered densely (``pid`` = row number): per-resident values are scattered into columns
-    by pid instead of joined, which keeps the batch within a small multiple of a plain GROUP BY.
-    """
+def _counted(frames: BatchFrames, *, as_of_day: int) -> pl.LazyFrame:
+    """施策1: the transactions that count (txid, pid, amount): on an account of the resident's premium link
+    while it is in force, of the link's mode, within the charge deadline, before death (D2, D3)."""
     residents = frames.residents
     n = residents.height
     if n and not residents["pid"].equals(pl.Series("pid", range(n), dtype=pl.Int64)):
         raise ValueError("batch residents must be numbered 0..n-1 in order (pid = row number)")
     died = residents["died_day"].fill_null(DAY_MAX)
     links = frames.links.filter(pl.col("day") <= as_of_day)
-
-    # 施策1: transactions on the accounts of each premium link, in force at the transaction (D2, D3)
     premium_links = links.filter(pl.col("measure") == MEASURE_CODE["premium"])
     premium_pids = premium_links["pid"]
     per_link = {
@@ -117,7 +117,7 @@ def compute_entitlements(frames: BatchFrames, params: Parameters, *, as_of_day: 
     link_accounts = frames.link_accounts.with_columns(
         *(column.gather(account_pids) for column in per_link.values()), died_day=died.gather(account_pids)
     ).drop_nulls("mode")  # accounts of links made after as_of
-    counted = (
+    return (
         frames.transactions.lazy()
         .filter(pl.col("day") <= as_of_day)
         .join(link_accounts.lazy(), on="account", how="inner")
@@ -130,9 +130,27 @@ def compute_entitlements(frames: BatchFrames, params: Parameters, *, as_of_day: 
             & (pl.col("day") < pl.col("died_day"))
         )
         .select("txid", "pid", "amount")
-        .collect()
-        .lazy()
     )
+
+
+def counted_transactions(frames: BatchFrames, *, as_of_day: int) -> pl.DataFrame:
+    """The transactions that count for 施策1 at the end of ``as_of_day``: pid, txid (for traceability)."""
+    return _counted(frames, as_of_day=as_of_day).select("pid", "txid").collect()
+
+
+def compute_entitlements(frames: BatchFrames, params: Parameters, *, as_of_day: int) -> pl.DataFrame:
+    """Points earned at the end of ``as_of_day`` per resident: pid, premium, health_insurance, public_fund,
+    and a status per measure (the same words as the engine).
+
+    Residents are numbered densely (``pid`` = row number): per-resident values are scattered into columns
+    by pid instead of joined, which keeps the batch within a small multiple of a plain GROUP BY.
+    """
+    residents = frames.residents
+    n = residents.height
+    died = residents["died_day"].fill_null(DAY_MAX)
+    links = frames.links.filter(pl.col("day") <= as_of_day)
+    # 施策1: the transactions that count (D2, D3)
+    counted = _counted(frames, as_of_day=as_of_day).collect().lazy()
     refunded = (
         frames.refunds.lazy().filter(pl.col("day") <= as_of_day).group_by("txid").agg(pl.col("amount").sum())
     )

@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable
 
 import pytest
+from support import FEED, NOW, SELF
 
 from mynapoint.applications.models import PaymentAccount
 from mynapoint.applications.services import (
@@ -24,8 +25,6 @@ from mynapoint.grants.selectors import verify_programme_ledger
 from mynapoint.grants.services import grant_due_points, run_grants
 from mynapoint.identity.models import Resident
 from mynapoint.providers.models import Provider
-
-from support import FEED, NOW, SELF
 
 pytestmark = pytest.mark.django_db
 
@@ -102,7 +101,8 @@ def test_the_batch_engine_instructs_what_the_per_resident_engine_would(
 ) -> None:
     people = _world(seed, make_resident)
     report = run_grants_batch(today=today, now=NOW + dt.timedelta(days=200), who=FEED)
-    assert report.grants > 10 and not report.errors
+    assert report.grants > 10
+    assert not report.errors
     for resident in people:  # the per-resident engine finds nothing left to instruct
         assert grant_due_points(resident=resident, today=today, now=NOW, who=FEED) == [], resident.mykey_id
     again = run_grants_batch(today=today, now=NOW + dt.timedelta(days=200), who=FEED)

@@ -135,11 +135,14 @@ def load_frames(params: Parameters) -> _World:
             )
             involved.add(account_pk)
             targets[(pk, "premium")] = (provider_pk, account_pk)
-    txs = list(
-        ProviderTransaction.objects.filter(account_id__in=involved).values_list(
+    # the whole table, filtered here: an IN list of every linked account costs more than it saves
+    txs = [
+        tx
+        for tx in ProviderTransaction.objects.values_list(
             "pk", "account_id", "kind", "amount", "at", "provider_id", "txid"
         )
-    )
+        if tx[1] in involved
+    ]
     for tx in txs:
         ordered.append((_micros(tx[4]), 3, tx[0], "t"))
     ordered.sort()
@@ -170,11 +173,11 @@ def load_frames(params: Parameters) -> _World:
         if premium:
             account_rows.extend(_accounts(pid_of[pk], app[3], link_seq, by_resident_reps.get(pk, [])))
     tx_rows = [(tx[0], tx[1], seq[("t", tx[0])], _day(tx[4]), MODE_CODE[tx[2]], tx[3]) for tx in txs]
+    tx_ids = {t[0] for t in txs}
     refund_rows = [
         (of, _day(at), amount)
-        for of, amount, at in ProviderRefund.objects.filter(
-            transaction_id__in=[t[0] for t in txs]
-        ).values_list("transaction_id", "amount", "at")
+        for of, amount, at in ProviderRefund.objects.values_list("transaction_id", "amount", "at")
+        if of in tx_ids
     ]
     reg_rows = [
         (pid_of[pk], MEASURE_CODE["health_insurance"], _day(at))

@@ -196,7 +196,8 @@ def apply_for_measure(
         )
     with transaction.atomic(durable=True):
         account, _ = PaymentAccount.objects.get_or_create(provider=provider, service_id=service_id)
-        account = _lock(PaymentAccount.objects.filter(pk=account.pk)).select_related("linked_resident").get()
+        # no select_related: the linked resident must be read after the lock is held, not with the row before it
+        account = _lock(PaymentAccount.objects.filter(pk=account.pk)).get()
         me = _lock(Resident.objects.filter(pk=resident.pk)).select_related("legal_representative").get()
         role = _holder_role(me, verification.holder_kana, verification.holder_born)
         key = account_key(account)

@@ -48,8 +48,10 @@ UNKNOWN_BIRTH = dt.date(1900, 1, 1)  # only used to replay histories of resident
 
 
 def parameters() -> Parameters:
-    """The parameter edition the platform decides with (MYNAPOINT_PARAMETER_EDITION; default: seed)."""
-    return load_parameters(edition=settings.MYNAPOINT_PARAMETER_EDITION)
+    """The parameter edition the platform decides with (MYNAPOINT_PARAMETER_EDITION; default: seed), with the
+    values of MYNAPOINT_PARAMETER_OVERRIDES in place of the edition's (none in a deployment)."""
+    overrides = dict(settings.MYNAPOINT_PARAMETER_OVERRIDES)
+    return load_parameters(edition=settings.MYNAPOINT_PARAMETER_EDITION, overrides=overrides)
 
 
 def account_key(account: PaymentAccount) -> str:
@@ -145,9 +147,10 @@ def resident_history(resident: Resident, *, until: dt.datetime | None = None) ->
                 ),
             )
         )  # fmt: skip
+    # a refused replacement (onto an account linked to another person, P12) moved nothing: it is not history
     for rep in AccountReplacement.objects.select_related(
         "from_account__provider", "to_account__provider"
-    ).filter(resident=resident):
+    ).filter(resident=resident, accepted=True):
         source, target = account_key(rep.from_account), account_key(rep.to_account)
         if target not in accounts and source in accounts:
             old = accounts[source]

@@ -187,13 +187,7 @@ def apply_for_measure(
             field="service_id",
         )
     operator = operated_by or resident
-    if operator.pk != resident.pk and operator.pk != resident.legal_representative_id:
-        raise ApplicationError(
-            "not_representative",
-            "本人または法定代理人のみが申し込めます",
-            "only the person or her legal representative may apply",
-            field="operated_by",
-        )
+    # who may operate (the person, her representative, someone helping while she is present) is a rule: P4, P5
     with transaction.atomic(durable=True):
         account, _ = PaymentAccount.objects.get_or_create(provider=provider, service_id=service_id)
         # no select_related: the linked resident must be read after the lock is held, not with the row before it

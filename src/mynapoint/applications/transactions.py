@@ -1,0 +1,650 @@
+"""Transactions and refunds that providers report on their payment accounts.
+
+The two use cases the provider API is built on. Each is one durable transaction with its audit event, and each is
+idempotent by the provider's own id: the same report again returns the row already recorded (``created`` is
+``False``); the same id with a different body is a :class:`TransactionConflict` (a 409 at the API).
+
+They live in ``applications`` and not in ``providers`` because a transaction is recorded on a
+:class:`~mynapoint.applications.models.PaymentAccount`, and ``providers`` may not import ``applications`` (the
+layers contract in pyproject.toml). A provider reports transactions on any of its accounts, linked or not: an
+account not seen before is created here. Whether a transaction earns points is for the rules to say, later,
+from the resident's history (:mod:`mynapoint.applications.selectors`); nothing is decided here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils.module_loading import import_string
+
+from mynapoint.applications.models import PaymentAccount
+from mynapoint.audit.services import Actor, record
+from mynapoint.identity.mynumber import refuse_my_number
+from mynapoint.providers.models import Provider, ProviderRefund, ProviderTransaction, TransactionKind
+
+__all__ = [
+    "MAX_AMOUNT",
+    "MAX_BATCH",
+    "BatchRefused",
+    "BatchResult",
+    "BatchTooLarge",
+    "ReportedRefund",
+    "ReportedTransaction",
+    "TransactionConflict",
+    "TransactionError",
+    "record_batch",
+    "record_refund",
+    "record_transaction",
+]
+
+MAX_BATCH: Final = 10_000  # items in one batch report (docs/provider-api.md)
+MAX_AMOUNT: Final = 2_147_483_647  # the largest amount the database column holds (PositiveIntegerField)
+FUTURE_TOLERANCE: Final = dt.timedelta(minutes=5)  # clock skew allowed between a provider and us
+_REPORT_ID = re.compile(r"^[0-9A-Za-z._:\-]{1,100}$")
+_SERVICE_ID = re.compile(r"^[0-9A-Za-z\-]{1,64}$")  # as apply_for_measure accepts it
+T = TypeVar("T")
+
+
+class TransactionError(ValueError):
+    """A report that cannot be recorded: says which field was wrong, in Japanese and English. ``status`` is the
+    HTTP status for the provider API (422: a field that cannot be recorded; 409: a conflict)."""
+
+    status = 422
+
+    def __init__(self, code: str, ja: str, en: str, *, field: str) -> None:
+        self.code, self.ja, self.en, self.field = code, ja, en, field
+        super().__init__(f"{code}: {en} ({field})")
+
+
+class TransactionConflict(TransactionError):  # noqa: N818 - named for what it is, like a 409 Conflict
+    """The provider's id is already recorded with a different body."""
+
+    status = 409
+
+
+def _after_read_hook() -> None:
+    """The concurrency tests' seam (settings.MYNAPOINT_APPLICATION_AFTER_READ_HOOK), as in apply_for_measure:
+    called after the existing row was looked for and before anything is written."""
+    hook = getattr(settings, "MYNAPOINT_APPLICATION_AFTER_READ_HOOK", None)
+    if hook:
+        import_string(hook)()
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+
+def _provider(provider_key: str) -> Provider:
+    provider = Provider.objects.filter(key=provider_key).first()
+    if provider is None:
+        raise TransactionError(
+            "unknown_provider",
+            f"決済サービス {provider_key!r} は登録されていません",
+            f"unknown payment service {provider_key!r}",
+            field="provider",
+        )
+    return provider
+
+
+def _report_id(value: str, *, field: str) -> str:
+    if not isinstance(value, str) or not _REPORT_ID.match(value):
+        raise TransactionError(
+            f"bad_{field}",
+            f"{field} は英数字と . _ : - で1〜100文字です",
+            f"{field} must be 1 to 100 characters of letters, digits and . _ : -",
+            field=field,
+        )
+    return value
+
+
+def _service_id(value: str) -> str:
+    if isinstance(value, str):
+        refuse_my_number(value, where="service_id")
+    if not isinstance(value, str) or not _SERVICE_ID.match(value):
+        raise TransactionError(
+            "unknown_account",
+            "決済サービスIDの形式が正しくありません（英数字とハイフンで1〜64文字）",
+            "not a payment account: the service ID must be 1 to 64 letters, digits or hyphens",
+            field="service_id",
+        )
+    return value
+
+
+def _kind(value: str) -> str:
+    if value not in TransactionKind.values:
+        raise TransactionError(
+            "bad_kind",
+            "取引の種類は charge（チャージ）または purchase（お買い物）です",
+            f"kind must be charge or purchase, not {value!r}",
+            field="kind",
+        )
+    return value
+
+
+def _amount(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_AMOUNT:
+        raise TransactionError(
+            "bad_amount",
+            f"金額は1円以上{MAX_AMOUNT:,}円以下の整数です",
+            f"amount must be a whole number of yen from 1 to {MAX_AMOUNT}, not {value!r}",
+            field="amount",
+        )
+    return value
+
+
+def _times(at: dt.datetime, now: dt.datetime) -> None:
+    for value, name in ((at, "at"), (now, "now")):
+        if not isinstance(value, dt.datetime) or value.tzinfo is None:
+            raise TransactionError(
+                f"bad_{name}",
+                "日時にはタイムゾーン（例: +09:00）が必要です",
+                f"{name} must be a datetime with a UTC offset (e.g. +09:00)",
+                field=name,
+            )
+    if at > now + FUTURE_TOLERANCE:
+        raise TransactionError(
+            "at_in_future",
+            "取引日時が未来になっています",
+            f"at {at.isoformat()} is in the future (now {now.isoformat()})",
+            field="at",
+        )
+
+
+def _differences(existing: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    return [name for name in given if existing[name] != given[name]]
+
+
+def _conflict(
+    what_ja: str, what_en: str, ident: str, fields: list[str], *, field: str
+) -> TransactionConflict:
+    return TransactionConflict(
+        "conflict",
+        f"{what_ja} {ident} はすでに異なる内容で記録されています（異なる項目: {', '.join(fields)}）",
+        f"{what_en} {ident!r} is already recorded with a different body (differs in: {', '.join(fields)})",
+        field=field,
+    )
+
+
+def _once(attempt: Callable[[bool], T]) -> T:
+    """Run a use case; if a simultaneous report of the same id won the race to the unique index, run it again
+    (it then finds the row the other committed and answers as for a repeated report). ``attempt`` is told
+    whether it is the first try."""
+    try:
+        return attempt(True)
+    except IntegrityError:
+        return attempt(False)
+
+
+# ------------------------------------------------------------------------------------------------ use cases
+
+
+def record_transaction(
+    *,
+    provider_key: str,
+    txid: str,
+    service_id: str,
+    kind: str,
+    amount: int,
+    at: dt.datetime,
+    now: dt.datetime,
+    who: Actor,
+) -> tuple[ProviderTransaction, bool]:
+    """Record a charge or purchase a provider reports on one of its accounts (idempotent by ``txid``).
+
+    Returns the transaction and whether it was new. Raises :class:`TransactionError` naming the field for a
+    report that cannot be recorded, and :class:`TransactionConflict` when ``txid`` is already recorded with
+    another account, kind, amount or time.
+    """
+    provider = _provider(provider_key)
+    _report_id(txid, field="txid")
+    _service_id(service_id)
+    _kind(kind)
+    _amount(amount)
+    _times(at, now)
+    given = {"service_id": service_id, "kind": kind, "amount": amount, "at": at}
+
+    def attempt(first: bool) -> tuple[ProviderTransaction, bool]:
+        with transaction.atomic(durable=True):
+            existing = (
+                ProviderTransaction.objects.select_related("account")
+                .filter(provider=provider, txid=txid)
+                .first()
+            )
+            if first:
+                _after_read_hook()
+            if existing is not None:
+                stored = {
+                    "service_id": existing.account.service_id,
+                    "kind": existing.kind,
+                    "amount": existing.amount,
+                    "at": existing.at,
+                }
+                if differs := _differences(stored, given):
+                    raise _conflict("取引ID", "transaction", txid, differs, field="txid")
+                return existing, False
+            account, account_created = PaymentAccount.objects.get_or_create(
+                provider=provider, service_id=service_id
+            )
+            created = ProviderTransaction.objects.create(
+                provider=provider,
+                txid=txid,
+                account=account,
+                kind=kind,
+                amount=amount,
+                at=at,
+                recorded_at=now,
+            )
+            record(
+                who=who,
+                action="transaction_recorded",
+                subject_type="payment_account",
+                subject_id=f"{provider.key}/{service_id}",
+                before=None,
+                after={
+                    "txid": txid,
+                    "kind": kind,
+                    "amount": amount,
+                    "at": at,
+                    "new_account": account_created,
+                },
+                at=now,
+            )
+            return created, True
+
+    return _once(attempt)
+
+
+def record_refund(
+    *,
+    provider_key: str,
+    refund_id: str,
+    txid: str,
+    amount: int,
+    at: dt.datetime,
+    now: dt.datetime,
+    who: Actor,
+) -> tuple[ProviderRefund, bool]:
+    """Record a refund of a reported transaction (idempotent by ``refund_id``).
+
+    A refund may exceed what is left of its transaction: the rules clamp it (decision P8), so it is recorded as
+    reported. Raises :class:`TransactionError` naming the field (an unknown ``txid``, a refund dated before its
+    transaction) and :class:`TransactionConflict` when ``refund_id`` is recorded with another body.
+    """
+    provider = _provider(provider_key)
+    _report_id(refund_id, field="refund_id")
+    _report_id(txid, field="txid")
+    _amount(amount)
+    _times(at, now)
+    given = {"txid": txid, "amount": amount, "at": at}
+
+    def attempt(first: bool) -> tuple[ProviderRefund, bool]:
+        with transaction.atomic(durable=True):
+            existing = (
+                ProviderRefund.objects.select_related("transaction")
+                .filter(provider=provider, refund_id=refund_id)
+                .first()
+            )
+            if first:
+                _after_read_hook()
+            if existing is not None:
+                stored = {"txid": existing.transaction.txid, "amount": existing.amount, "at": existing.at}
+                if differs := _differences(stored, given):
+                    raise _conflict("返金ID", "refund", refund_id, differs, field="refund_id")
+                return existing, False
+            refunded = (
+                ProviderTransaction.objects.select_related("account")
+                .filter(provider=provider, txid=txid)
+                .first()
+            )
+            if refunded is None:
+                raise TransactionError(
+                    "unknown_transaction",
+                    f"返金の対象の取引 {txid} が見つかりません（取引を先に報告してください）",
+                    f"refund of unknown transaction {txid!r} (report the transaction first)",
+                    field="txid",
+                )
+            if at < refunded.at:
+                raise TransactionError(
+                    "refund_before_transaction",
+                    f"返金日時が取引 {txid} の日時より前です",
+                    f"the refund at {at.isoformat()} is before its transaction {txid!r} "
+                    f"({refunded.at.isoformat()})",
+                    field="at",
+                )
+            created = ProviderRefund.objects.create(
+                provider=provider,
+                refund_id=refund_id,
+                transaction=refunded,
+                amount=amount,
+                at=at,
+                recorded_at=now,
+            )
+            record(
+                who=who,
+                action="refund_recorded",
+                subject_type="payment_account",
+                subject_id=f"{provider.key}/{refunded.account.service_id}",
+                before=None,
+                after={"refund_id": refund_id, "txid": txid, "amount": amount, "at": at},
+                at=now,
+            )
+            return created, True
+
+    return _once(attempt)
+
+
+# ------------------------------------------------------------------------------------------------ batches
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedTransaction:
+    """One charge or purchase in a batch report."""
+
+    txid: str
+    service_id: str
+    kind: str
+    amount: int
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedRefund:
+    """One refund in a batch report, of a transaction reported before or in the same batch."""
+
+    refund_id: str
+    of_txid: str
+    amount: int
+    at: dt.datetime
+
+
+BatchItem = ReportedTransaction | ReportedRefund
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    created: int
+    unchanged: int
+    statuses: list[str]  # per item, in order: "created" or "unchanged"
+
+
+class BatchTooLarge(TransactionError):  # noqa: N818 - a 413 at the API
+    """More than :data:`MAX_BATCH` items."""
+
+
+class BatchRefused(TransactionError):  # noqa: N818 - the whole batch is refused, nothing is kept
+    """Items that cannot be recorded, each named by its index. ``conflict`` is true when every problem is a
+    conflict with what is already recorded (a 409 at the API); otherwise it is invalid input (a 422)."""
+
+    def __init__(self, problems: list[tuple[int, TransactionError]]) -> None:
+        self.problems = problems
+        self.conflict = all(isinstance(exc, TransactionConflict) for _, exc in problems)
+        shown = problems[:20]
+        more = len(problems) - len(shown)
+        ja = "; ".join(f"items[{i}]: {exc.ja}" for i, exc in shown) + (f"; ほか{more}件" if more else "")
+        en = "; ".join(f"items[{i}]: {exc.en}" for i, exc in shown) + (f"; and {more} more" if more else "")
+        first_index, first = problems[0]
+        super().__init__(
+            "conflict" if self.conflict else first.code,
+            f"バッチ全体を受け付けませんでした（{len(problems)}件の誤り）: {ja}",
+            f"the batch was refused as a whole ({len(problems)} problem(s)): {en}",
+            field=f"items[{first_index}].{first.field}",
+        )
+
+
+def _check_item(item: BatchItem, now: dt.datetime, service_ids_seen: set[str]) -> None:
+    if isinstance(item, ReportedTransaction):
+        _report_id(item.txid, field="txid")
+        if item.service_id not in service_ids_seen:  # the My Number check once per account, not per row
+            _service_id(item.service_id)
+            service_ids_seen.add(item.service_id)
+        _kind(item.kind)
+    elif isinstance(item, ReportedRefund):
+        _report_id(item.refund_id, field="refund_id")
+        _report_id(item.of_txid, field="of_txid")
+    else:
+        raise TransactionError(
+            "bad_kind", "取引の種類が正しくありません", "not a transaction or refund", field="kind"
+        )
+    _amount(item.amount)
+    _times(item.at, now)
+
+
+def _batch_digest(items: Sequence[BatchItem]) -> str:
+    """A digest of the batch as recorded (one line per item), for the audit event."""
+    digest = hashlib.sha256()
+    for item in items:
+        if isinstance(item, ReportedTransaction):
+            line = f"T|{item.txid}|{item.service_id}|{item.kind}|{item.amount}|{item.at.astimezone(dt.UTC).isoformat()}\n"
+        else:
+            line = (
+                f"R|{item.refund_id}|{item.of_txid}|{item.amount}|{item.at.astimezone(dt.UTC).isoformat()}\n"
+            )
+        digest.update(line.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def record_batch(
+    *, provider_key: str, items: Sequence[BatchItem], now: dt.datetime, who: Actor
+) -> BatchResult:
+    """Record a batch of transactions and refunds, all or nothing, idempotent item by item.
+
+    Every item is checked first; a batch with any problem is refused as a whole (:class:`BatchRefused`,
+    naming each item by its index) and nothing of it is kept. An id already recorded with the same body is
+    ``unchanged``; with another body it is a conflict. A refund may refer to a transaction earlier or later
+    in the same batch. The known ids are read in one query per kind and the new rows inserted with
+    ``bulk_create`` in one durable transaction, with one audit event for the batch (counts and a digest of
+    the items), not one per row. Raises :class:`BatchTooLarge` above :data:`MAX_BATCH` items.
+    """
+    provider = _provider(provider_key)
+    if len(items) > MAX_BATCH:
+        raise BatchTooLarge(
+            "too_many",
+            f"一度に報告できるのは{MAX_BATCH:,}件までです（{len(items):,}件）",
+            f"at most {MAX_BATCH} items in one batch (got {len(items)})",
+            field="items",
+        )
+    problems: list[tuple[int, TransactionError]] = []
+    seen_services: set[str] = set()
+    for index, item in enumerate(items):
+        try:
+            _check_item(item, now, seen_services)
+        except TransactionError as exc:
+            problems.append((index, exc))
+    if problems:
+        raise BatchRefused(problems)
+
+    # the same id twice in one batch: the first is recorded, a repeat with the same body is unchanged
+    statuses = ["created"] * len(items)
+    transactions: dict[str, ReportedTransaction] = {}
+    refunds: dict[str, ReportedRefund] = {}
+    first_index: dict[tuple[str, str], int] = {}
+    for index, item in enumerate(items):
+        if isinstance(item, ReportedTransaction):
+            ident, field, what = ("T", item.txid), "txid", ("取引ID", "transaction")
+            earlier_item: BatchItem | None = transactions.setdefault(item.txid, item)
+        else:
+            ident, field, what = ("R", item.refund_id), "refund_id", ("返金ID", "refund")
+            earlier_item = refunds.setdefault(item.refund_id, item)
+        earlier = first_index.setdefault(ident, index)
+        if earlier != index:
+            statuses[index] = "unchanged"
+            if earlier_item != item:
+                problems.append((index, _conflict(*what, ident[1], [f"items[{earlier}]"], field=field)))
+    if problems:
+        raise BatchRefused(problems)
+
+    def attempt(first: bool) -> BatchResult:
+        result_statuses = list(statuses)
+        with transaction.atomic(durable=True):
+            referred = set(transactions) | {r.of_txid for r in refunds.values()}
+            known_tx = {
+                row[0]: row[1:]
+                for row in ProviderTransaction.objects.filter(
+                    provider=provider, txid__in=referred
+                ).values_list("txid", "id", "account__service_id", "kind", "amount", "at")
+            }
+            known_refunds = {
+                row[0]: row[1:]
+                for row in ProviderRefund.objects.filter(
+                    provider=provider, refund_id__in=list(refunds)
+                ).values_list("refund_id", "transaction__txid", "amount", "at")
+            }
+            if first:
+                _after_read_hook()
+            found: list[tuple[int, TransactionError]] = []
+            new_tx: list[ReportedTransaction] = []
+            for txid, item in transactions.items():
+                stored = known_tx.get(txid)
+                if stored is None:
+                    new_tx.append(item)
+                    continue
+                _, service_id, kind, amount, at = stored
+                given = {
+                    "service_id": item.service_id,
+                    "kind": item.kind,
+                    "amount": item.amount,
+                    "at": item.at,
+                }
+                old = {"service_id": service_id, "kind": kind, "amount": amount, "at": at}
+                if differs := _differences(old, given):
+                    found.append(
+                        (
+                            first_index["T", txid],
+                            _conflict("取引ID", "transaction", txid, differs, field="txid"),
+                        )
+                    )
+                result_statuses[first_index["T", txid]] = "unchanged"
+            tx_at = {txid: row[4] for txid, row in known_tx.items()}
+            tx_at.update({item.txid: item.at for item in new_tx})
+            new_refunds: list[ReportedRefund] = []
+            for refund_id, refund in refunds.items():
+                index = first_index["R", refund_id]
+                stored_refund = known_refunds.get(refund_id)
+                if stored_refund is not None:
+                    old = dict(zip(("of_txid", "amount", "at"), stored_refund, strict=True))
+                    given = {"of_txid": refund.of_txid, "amount": refund.amount, "at": refund.at}
+                    if differs := _differences(old, given):
+                        found.append(
+                            (index, _conflict("返金ID", "refund", refund_id, differs, field="refund_id"))
+                        )
+                    result_statuses[index] = "unchanged"
+                    continue
+                refunded_at = tx_at.get(refund.of_txid)
+                if refunded_at is None:
+                    found.append(
+                        (
+                            index,
+                            TransactionError(
+                                "unknown_transaction",
+                                f"返金の対象の取引 {refund.of_txid} が見つかりません",
+                                f"refund of unknown transaction {refund.of_txid!r}",
+                                field="of_txid",
+                            ),
+                        )
+                    )
+                elif refund.at < refunded_at:
+                    found.append(
+                        (
+                            index,
+                            TransactionError(
+                                "refund_before_transaction",
+                                f"返金日時が取引 {refund.of_txid} の日時より前です",
+                                f"the refund at {refund.at.isoformat()} is before its transaction {refund.of_txid!r}",
+                                field="at",
+                            ),
+                        )
+                    )
+                else:
+                    new_refunds.append(refund)
+            if found:
+                found.sort(key=lambda problem: problem[0])
+                raise BatchRefused(found)
+
+            account_ids = _account_ids(provider, {item.service_id for item in new_tx})
+            tx_rows = [
+                ProviderTransaction(
+                    provider=provider,
+                    txid=item.txid,
+                    account_id=account_ids[item.service_id],
+                    kind=item.kind,
+                    amount=item.amount,
+                    at=item.at,
+                    recorded_at=now,
+                )
+                for item in new_tx
+            ]
+            ProviderTransaction.objects.bulk_create(tx_rows, batch_size=2000)
+            tx_ids = {txid: row[0] for txid, row in known_tx.items()}
+            tx_ids.update({row.txid: row.pk for row in tx_rows})
+            if new_refunds and any(row.pk is None for row in tx_rows):  # pragma: no cover - no RETURNING
+                tx_ids.update(
+                    ProviderTransaction.objects.filter(
+                        provider=provider, txid__in=[r.of_txid for r in new_refunds]
+                    ).values_list("txid", "id")
+                )
+            ProviderRefund.objects.bulk_create(
+                [
+                    ProviderRefund(
+                        provider=provider,
+                        refund_id=refund.refund_id,
+                        transaction_id=tx_ids[refund.of_txid],
+                        amount=refund.amount,
+                        at=refund.at,
+                        recorded_at=now,
+                    )
+                    for refund in new_refunds
+                ],
+                batch_size=2000,
+            )
+            created = result_statuses.count("created")
+            result = BatchResult(created=created, unchanged=len(items) - created, statuses=result_statuses)
+            record(
+                who=who,
+                action="transaction_batch_recorded",
+                subject_type="provider",
+                subject_id=provider.key,
+                before=None,
+                after={
+                    "items": len(items),
+                    "created": created,
+                    "unchanged": result.unchanged,
+                    "transactions_created": len(tx_rows),
+                    "refunds_created": len(new_refunds),
+                    "accounts": len(account_ids),
+                    "digest": _batch_digest(items),
+                },
+                at=now,
+            )
+            return result
+
+    return _once(attempt)
+
+
+def _account_ids(provider: Provider, service_ids: set[str]) -> dict[str, int]:
+    """The ids of the provider's accounts with these service IDs, creating the ones not seen before."""
+    if not service_ids:
+        return {}
+    ids = dict(
+        PaymentAccount.objects.filter(provider=provider, service_id__in=list(service_ids)).values_list(
+            "service_id", "id"
+        )
+    )
+    missing = service_ids - ids.keys()
+    if missing:
+        PaymentAccount.objects.bulk_create(
+            [PaymentAccount(provider=provider, service_id=s) for s in sorted(missing)],
+            batch_size=2000,
+            ignore_conflicts=True,  # a simultaneous report may have made one: it is the same account
+        )
+        ids.update(
+            PaymentAccount.objects.filter(provider=provider, service_id__in=list(missing)).values_list(
+                "service_id", "id"
+            )
+        )
+    return ids

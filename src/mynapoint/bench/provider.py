@@ -121,12 +121,12 @@ def run_provider_benchmark(
         )
     bodies = [json.dumps({"items": rows[i : i + batch_size]}) for i in range(0, len(rows), batch_size)]
     client = Client()
-    headers = {"HTTP_X_API_KEY": key}
+    headers = {"X-API-Key": key}
     echo(f"posting {transactions:,} transactions in {len(bodies)} batches of {batch_size:,} ...")
     t0 = time.perf_counter()
     for body in bodies:
         answer = client.post(
-            "/api/provider/v1/transactions/batch", body, content_type="application/json", **headers
+            "/api/provider/v1/transactions/batch", body, content_type="application/json", headers=headers
         )
         if answer.status_code != 200:
             raise RuntimeError(f"batch refused: {answer.status_code} {answer.content[:300]!r}")

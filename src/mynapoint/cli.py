@@ -185,6 +185,29 @@ def bench_rules(residents: int, batch_residents: int, seed: int, as_json: bool) 
         click.echo(json.dumps(figures, indent=2))
 
 
+@bench.command("provider")
+@click.option(
+    "--admin-url",
+    default="postgres://postgres@127.0.0.1:5432/postgres",
+    show_default=True,
+    help="A PostgreSQL URL allowed to create the benchmark database (mynapoint_bench).",
+)
+@click.option("--residents", default=20_000, show_default=True)
+@click.option("--transactions", default=100_000, show_default=True)
+@click.option("--batch-size", default=10_000, show_default=True)
+def bench_provider(admin_url: str, residents: int, transactions: int, batch_size: int) -> None:
+    """Transactions per second from the provider batch API to ledger postings, against COPY (PostgreSQL)."""
+    import os
+
+    from mynapoint.bench.provider import prepare_database, run_provider_benchmark
+
+    os.environ["MYNAPOINT_DATABASE_URL"] = prepare_database(admin_url)
+    _django()
+    run_provider_benchmark(
+        residents=residents, transactions=transactions, batch_size=batch_size, echo=click.echo
+    )
+
+
 @bench.command("logins")
 @click.option("--n", "count", default=2000, show_default=True, help="Logins to verify.")
 @click.option("--crl-entries", default=1000, show_default=True)
@@ -228,8 +251,16 @@ def manage(args: tuple[str, ...]) -> None:
     default=None,
     help="Run the programme clock from this moment (ISO with offset). Default: 2023-03-15T10:00:00+09:00.",
 )
-def demo(host: str, port: int, serve: bool, clock_start: str | None) -> None:
-    """Migrate the embedded database, load the demo data, and start the server."""
+@click.option(
+    "--grant-interval",
+    default=2.0,
+    show_default=True,
+    type=float,
+    help="Seconds between grant engine cycles.",
+)
+def demo(host: str, port: int, serve: bool, clock_start: str | None, grant_interval: float) -> None:
+    """Migrate the embedded database, load the demo data, set up the sandbox provider デモ決済, and start the
+    server with the grant engine running in it."""
     import os
 
     if clock_start is None and not os.environ.get("MYNAPOINT_CLOCK_START"):
@@ -238,12 +269,14 @@ def demo(host: str, port: int, serve: bool, clock_start: str | None) -> None:
         clock_start = DEMO_START.isoformat()
     if clock_start:
         os.environ["MYNAPOINT_CLOCK_START"] = clock_start
+    # the demo's accounts are the ones the providers declare through the provider API (PUT /accounts)
+    os.environ["MYNAPOINT_PROVIDER_ADAPTER"] = "mynapoint.applications.adapters.ProviderApiAdapter"
     _django()
     from django.conf import settings
     from django.core.management import call_command
 
     from mynapoint import clock
-    from mynapoint.demo import load_demo
+    from mynapoint.demo import DEMO_RESIDENTS, bootstrap_sandbox, load_demo, local_url, start_background
 
     if clock_start:
         clock.start_at(dt.datetime.fromisoformat(clock_start))
@@ -251,13 +284,13 @@ def demo(host: str, port: int, serve: bool, clock_start: str | None) -> None:
     console.print(f"データベース / database: {settings.DATABASES['default']['NAME']}")
     call_command("migrate", verbosity=0, interactive=False)
     folder = Path(settings.DATA_DIR) / "demo"
-    residents = load_demo(folder=folder, now=clock.now(), echo=console.print)
+    url = local_url(host, port)
+    residents = load_demo(folder=folder, now=clock.now(), server_url=url, echo=console.print)
+    bootstrap_sandbox(now=clock.now(), echo=console.print)
     console.print(f"プログラムの時計 / programme clock: {clock.now():%Y-%m-%d %H:%M} JST")
     table = Table(title="デモの住民 / demo residents (software cards; the PIN stays on the card)")
     for col in ("name", "MyKey ID", "card", "PIN", "accounts (service ID: security code)"):
         table.add_column(col)
-    from mynapoint.demo import DEMO_RESIDENTS
-
     for person in DEMO_RESIDENTS:
         accounts = ", ".join(f"{a}: {' '.join(c)}" for a, c in person.accounts.items()) or "—"
         table.add_row(
@@ -268,19 +301,35 @@ def demo(host: str, port: int, serve: bool, clock_start: str | None) -> None:
             accounts,
         )
     console.print(table)
-    url = f"http://{host}:{port}"
     card = folder / "cards" / "hanako.json"
+    data = f"MYNAPOINT_DATA_DIR={settings.DATA_DIR}"
     console.print(
-        "\n山田花子さんとしてログインし、3つの施策に申し込む / log in as Hanako and apply for all three measures:\n"
+        "\nひと回りのデモ / the whole loop, as 山田花子 (Hanako) and her デモ決済 wallet 4000-0001:\n"
+        "1. 申し込む / apply for the premium measure (charge mode):\n"
         f"  MYNAPOINT_PIN=4071 mynapoint resident apply --server {url} --card {card} "
         "--measure premium --provider demo --service-id 4000-0001 --code 1234 --mode charge\n"
-        f"  (then --measure health_insurance, --measure public_fund; `mynapoint resident status --server {url} "
-        f"--card {card}` shows the status)\n"
+        "2. 2万円チャージする / charge 20,000 yen (デモ決済 reports it with POST /transactions):\n"
+        f"  mynapoint sandbox charge --server {url} --service-id 4000-0001 --amount 20000\n"
+        "3. 数秒で5,000ポイントが届く / within seconds 5,000 points arrive (grant engine → signed webhook → "
+        "POST /grants/ack):\n"
+        f"  mynapoint sandbox wallet --server {url} --service-id 4000-0001\n"
+        "4. お店でポイントを使う / spend them at a shop (shops: "
+        f"mynapoint sandbox shops --server {url}):\n"
+        f"  mynapoint sandbox pay --server {url} --service-id 4000-0001 --shop konbini --amount 5000 "
+        "--use-points 5000\n"
+        "5. 元帳を確かめる / check the ledger (the grant acknowledged: 5,000 on Hanako's resident account):\n"
+        f"  {data} mynapoint ledger verify\n"
+        f"  {data} mynapoint ledger balance 'resident:*'\n"
+        "ほかの施策も / the other measures: --measure health_insurance, --measure public_fund; "
+        f"`mynapoint resident status --server {url} --card {card}` shows the status.\n"
         "田中太郎さん（カード申請が2023年3月）と佐藤三郎さん（第1弾で5,000ポイント受取済み）は断られます / "
         "Taro and Saburo are refused, with the reason."
     )
     if serve:
-        console.print(f"\nサーバーを起動します / serving on {url} (Ctrl-C to stop)")
+        start_background(host=host, port=port, interval=grant_interval)
+        console.print(
+            f"\nサーバーを起動します / serving on {url}, the grant engine every {grant_interval:g} s (Ctrl-C to stop)"
+        )
         call_command("runserver", f"{host}:{port}", use_reloader=False, use_threading=True)
 
 
@@ -469,6 +518,100 @@ def resident_status_command(server: str, card_file: Path | None, reader: str | N
     click.echo(f"合計 / total: {me['total']:,}")
 
 
+# ------------------------------------------------------------------------------------------- sandbox
+
+
+@main.group()
+def sandbox() -> None:
+    """デモ決済: the sandbox provider's wallets, over HTTP on a running demo server (`mynapoint demo`)."""
+
+
+def _sandbox_call(server: str, call: Any) -> dict[str, Any]:
+    from mynapoint.sandbox.client import SandboxApiError, SandboxClient
+
+    try:
+        result: dict[str, Any] = call(SandboxClient(server))
+    except SandboxApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    return result
+
+
+def _print_wallet(wallet: dict[str, Any]) -> None:
+    click.echo(
+        f"ウォレット / wallet {wallet['service_id']} ({wallet['holder_kana']}): "
+        f"残高 / balance {wallet['yen_balance']:,} 円 / yen, ポイント / points {wallet['points_balance']:,}"
+    )
+
+
+def _print_money(result: dict[str, Any], what: str) -> None:
+    tx = result["transaction"] or {}
+    reported = "報告済 / reported to the platform" if tx.get("reported") else "未報告 / not reported"
+    if tx.get("kind") == "purchase" and tx.get("yen", 0) == tx.get("points_used", 0):
+        reported = "ポイントのみ / points only, nothing to report"
+    click.echo(f"{what}: {tx.get('txid', '?')} ({reported})")
+    for error in result.get("errors", []):
+        click.echo(f"platform: {error}", err=True)
+    _print_wallet(result["wallet"])
+
+
+@sandbox.command("wallet")
+@_server
+@click.option("--service-id", required=True)
+@click.option("--json", "as_json", is_flag=True, help="The wallet as JSON (balances, transactions, grants).")
+def sandbox_wallet(server: str, service_id: str, as_json: bool) -> None:
+    """Show a wallet: its yen and points balances, recent transactions and the grants received."""
+    wallet = _sandbox_call(server, lambda c: c.wallet(service_id))
+    if as_json:
+        click.echo(json.dumps(wallet, ensure_ascii=False, indent=2))
+        return
+    _print_wallet(wallet)
+    for grant in wallet["grants"]:
+        ack = "付与完了通知済 / acknowledged" if grant["acknowledged"] else "未通知 / not acknowledged yet"
+        click.echo(
+            f"  付与 / grant {grant['grant_id']} {grant['measure']}: {grant['amount']:+,} points ({ack})"
+        )
+    for tx in wallet["transactions"]:
+        shop = f" at {tx['shop']}" if tx["shop"] else ""
+        points = f", {tx['points_used']:,} points" if tx["points_used"] else ""
+        click.echo(f"  {tx['kind']}{shop}: {tx['yen']:,} yen{points} ({tx['txid']})")
+
+
+@sandbox.command("charge")
+@_server
+@click.option("--service-id", required=True)
+@click.option("--amount", required=True, type=click.IntRange(min=1), help="yen")
+def sandbox_charge(server: str, service_id: str, amount: int) -> None:
+    """Charge yen into a wallet (reported to the platform as a charge)."""
+    _print_money(
+        _sandbox_call(server, lambda c: c.charge(service_id, amount=amount)),
+        f"チャージ / charged {amount:,} yen",
+    )
+
+
+@sandbox.command("pay")
+@_server
+@click.option("--service-id", required=True)
+@click.option("--shop", required=True, help="a shop code (`mynapoint sandbox shops`)")
+@click.option("--amount", required=True, type=click.IntRange(min=1), help="the price in yen")
+@click.option(
+    "--use-points", default=0, show_default=True, type=click.IntRange(min=0), help="points to pay with"
+)
+def sandbox_pay(server: str, service_id: str, shop: str, amount: int, use_points: int) -> None:
+    """Pay at a shop, part or all of it with points (the yen part is reported to the platform as a purchase)."""
+    result = _sandbox_call(
+        server, lambda c: c.pay(service_id, shop=shop, amount=amount, use_points=use_points)
+    )
+    _print_money(result, f"お支払い / paid {amount:,} yen at {shop} ({use_points:,} points)")
+
+
+@sandbox.command("shops")
+@_server
+def sandbox_shops(server: str) -> None:
+    """The demo shops."""
+    for shop in _sandbox_call(server, lambda c: c.shops())["shops"]:
+        click.echo(f"{shop['code']}\t{shop['name_ja']}\t{shop['name_en']}")
+
+
 # ------------------------------------------------------------------------------------------- grants, ledger
 
 
@@ -549,6 +692,250 @@ def ledger_balance(code: str, as_of: dt.datetime | None) -> None:
             click.echo(f"{account}\t{amount:,}")
         return
     click.echo(f"{code}\t{balance(code, as_of=as_of.date() if as_of else None):,}")
+
+
+# ------------------------------------------------------------------------------------------- feeds
+
+
+@main.group()
+def feeds() -> None:
+    """連携データの取込 (CSV feeds: registrations and certificate renewals)."""
+
+
+def _import(kind: str, path: Path, as_json: bool) -> None:
+    _django()
+    from rich.progress import Progress
+
+    from mynapoint import clock
+    from mynapoint.applications import imports
+    from mynapoint.audit.services import Actor
+
+    function = {
+        "health-insurance": imports.import_health_insurance_csv,
+        "public-fund": imports.import_public_fund_csv,
+        "renewals": imports.import_renewals_csv,
+    }[kind]
+    with Progress(console=_console(), transient=True) as bar:
+        task = bar.add_task(f"{path.name} を取込中 / importing", total=None)
+        report = function(
+            path,
+            now=clock.now(),
+            who=Actor(actor=f"feed:{path.name}", channel="feed", terminal="cli"),
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2, default=str))
+    else:
+        click.echo(
+            f"{path}: {report.rows:,} rows ({report.encoding}): {len(report.created):,} new, "
+            f"{len(report.unchanged):,} unchanged, {len(report.errors):,} errors"
+        )
+        for error in report.errors:
+            click.echo(
+                f"  line {error.line}, {error.column}: {error.message_ja} / {error.message_en}", err=True
+            )
+    sys.exit(0 if report.ok else 1)
+
+
+@feeds.command("health-insurance")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def feeds_health(path: Path, as_json: bool) -> None:
+    """健康保険証利用登録 CSV (mykey_id, registered_at, external_id, source). Re-running it is safe."""
+    _import("health-insurance", path, as_json)
+
+
+@feeds.command("public-fund")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def feeds_public_fund(path: Path, as_json: bool) -> None:
+    """公金受取口座登録 CSV (bank and branch checked with zengin-code, holder kana with §5)."""
+    _import("public-fund", path, as_json)
+
+
+@feeds.command("renewals")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def feeds_renewals(path: Path, as_json: bool) -> None:
+    """電子証明書の更新 CSV (old issuer/serial → new): both keep the same MyKey ID."""
+    _import("renewals", path, as_json)
+
+
+# ------------------------------------------------------------------------------------------- settlement
+
+
+@main.group()
+def settlement() -> None:
+    """精算 (monthly claims, final settlement, statements, reconciliation)."""
+
+
+_MONTH = click.DateTime(formats=["%Y-%m"])
+
+
+def _office(who: str) -> Any:
+    from mynapoint.audit.services import Actor
+
+    return Actor(actor=who, channel="office", terminal="cli")
+
+
+def _settlement_provider(key: str) -> Any:
+    from mynapoint.settlement.selectors import provider_by_key
+
+    provider = provider_by_key(key=key)
+    if provider is None:
+        raise click.ClickException(f"no provider {key!r}")
+    return provider
+
+
+def _claim_line(claim: Any) -> str:
+    return (
+        f"claim #{claim.pk} {claim.provider.key} {claim.kind} {claim.period:%Y-%m} (through {claim.through}) "
+        f"{claim.status}: {claim.grant_count:,} grants {claim.granted_points:,} pt, {claim.clawback_count:,} "
+        f"claw-backs {claim.clawback_points:,} pt, amount {claim.amount:+,} pt\ndigest {claim.digest}"
+    )
+
+
+@settlement.command("claim")
+@click.argument("provider_key")
+@click.option("--month", required=True, type=_MONTH, help="The month claimed, YYYY-MM (must be over).")
+@click.option("--by", "who", default="office", show_default=True, help="Who computes it (audit log).")
+def settlement_claim(provider_key: str, month: dt.datetime, who: str) -> None:
+    """Compute (or recompute) the draft monthly claim (概算払) of a provider from the ledger."""
+    _django()
+    from mynapoint.settlement.services import SettlementError, compute_monthly_claim
+
+    try:
+        claim = compute_monthly_claim(
+            provider=_settlement_provider(provider_key), month=month.date(), now=_now(), who=_office(who)
+        )
+    except SettlementError as error:
+        raise click.ClickException(f"{error.code}: {error.message}") from error
+    click.echo(_claim_line(claim))
+
+
+@settlement.command("final")
+@click.argument("provider_key")
+@click.option("--by", "who", default="office", show_default=True)
+def settlement_final(provider_key: str, who: str) -> None:
+    """Compute (or recompute) the draft final settlement (精算): all acknowledged less all fixed claims."""
+    _django()
+    from mynapoint.settlement.services import SettlementError, compute_final_settlement
+
+    try:
+        claim = compute_final_settlement(
+            provider=_settlement_provider(provider_key), now=_now(), who=_office(who)
+        )
+    except SettlementError as error:
+        raise click.ClickException(f"{error.code}: {error.message}") from error
+    click.echo(_claim_line(claim))
+
+
+@settlement.command("fix")
+@click.argument("claim_id", type=int)
+@click.option("--digest", default=None, help="The digest on the approved statement (refused if it differs).")
+@click.option("--by", "who", default="office", show_default=True)
+def settlement_fix(claim_id: int, digest: str | None, who: str) -> None:
+    """Fix a draft claim: it can no longer change; what it settles is written down."""
+    _django()
+    from mynapoint.settlement.selectors import find_claim
+    from mynapoint.settlement.services import SettlementError, fix_claim
+
+    claim = find_claim(claim_id=claim_id)
+    if claim is None:
+        raise click.ClickException(f"no claim #{claim_id}")
+    try:
+        claim = fix_claim(claim=claim, now=_now(), who=_office(who), digest=digest)
+    except SettlementError as error:
+        raise click.ClickException(f"{error.code}: {error.message}") from error
+    click.echo(_claim_line(claim))
+
+
+@settlement.command("list")
+@click.option("--provider", "provider_key", default=None)
+def settlement_list(provider_key: str | None) -> None:
+    """The claims, by provider and period."""
+    _django()
+    from mynapoint.settlement.selectors import claims_of
+
+    provider = _settlement_provider(provider_key) if provider_key else None
+    table = Table("#", "provider", "kind", "period", "through", "status", "amount", "digest")
+    for claim in claims_of(provider=provider):
+        table.add_row(
+            str(claim.pk), claim.provider.key, claim.kind, f"{claim.period:%Y-%m}", str(claim.through),
+            claim.status, f"{claim.amount:+,}", claim.digest[:16],
+        )  # fmt: skip
+    _console().print(table)
+
+
+@settlement.command("statement")
+@click.argument("claim_id", type=int)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="FILE.csv or FILE.pdf")
+@click.option("--items", is_flag=True, help="CSV of every settled grant instead (fixed claims).")
+def settlement_statement(claim_id: int, out: Path, items: bool) -> None:
+    """Write a claim's statement as CSV (Excel: UTF-8 with BOM) or PDF, or its items as CSV."""
+    _django()
+    from mynapoint.settlement.selectors import claim_statement, find_claim
+    from mynapoint.settlement.statements import claim_items_csv, statement_csv, statement_pdf
+
+    claim = find_claim(claim_id=claim_id)
+    if claim is None:
+        raise click.ClickException(f"no claim #{claim_id}")
+    if items:
+        data = claim_items_csv(claim)
+    elif out.suffix.lower() == ".pdf":
+        data = statement_pdf(claim_statement(claim=claim))
+    else:
+        data = statement_csv(claim_statement(claim=claim))
+    out.write_bytes(data)
+    click.echo(f"wrote {out} ({len(data):,} bytes)")
+
+
+@settlement.command("verify")
+@click.argument("claim_id", type=int)
+def settlement_verify(claim_id: int) -> None:
+    """Recompute a fixed claim's digest, lines and totals from what it settled."""
+    _django()
+    from mynapoint.settlement.selectors import find_claim, verify_claim
+
+    claim = find_claim(claim_id=claim_id)
+    if claim is None:
+        raise click.ClickException(f"no claim #{claim_id}")
+    problems = verify_claim(claim=claim)
+    for problem in problems:
+        click.echo(f"problem: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"claim #{claim.pk} OK: digest {claim.digest}")
+
+
+@settlement.command("reconcile")
+@click.argument("provider_key")
+@click.argument("csv_file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--month", type=_MONTH, default=None, help="Only acknowledgements of this month, YYYY-MM.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the discrepancies as CSV.")
+def settlement_reconcile(
+    provider_key: str, csv_file: Path, month: dt.datetime | None, out: Path | None
+) -> None:
+    """Reconcile a provider's list of grants (CSV: 付与ID,参照番号,ポイント) with the ledger; exit 1 on any
+    discrepancy."""
+    _django()
+    from mynapoint.settlement.reconciliation import reconcile_csv, reconciliation_csv
+
+    report = reconcile_csv(
+        provider=_settlement_provider(provider_key),
+        data=csv_file.read_bytes(),
+        period=month.date() if month else None,
+    )
+    click.echo(
+        f"{provider_key}: ledger {report.ledger_count:,} grants {report.ledger_points:+,} pt; provider "
+        f"{report.provider_count:,} rows {report.provider_points:+,} pt; {report.matched:,} agree; "
+        f"{len(report.discrepancies):,} discrepancies"
+    )
+    for item in report.discrepancies:
+        click.echo(f"{item.kind.value}\t{item.message}")
+    if out is not None:
+        out.write_bytes(reconciliation_csv(report))
+    sys.exit(1 if report.discrepancies else 0)
 
 
 # ------------------------------------------------------------------------------------------- audit

@@ -42,6 +42,8 @@ INSTALLED_APPS = [
     "mynapoint.applications",
     "mynapoint.ledger",
     "mynapoint.grants",
+    "mynapoint.settlement",
+    "mynapoint.sandbox",
 ]
 
 MIDDLEWARE = [

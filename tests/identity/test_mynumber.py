@@ -18,7 +18,9 @@ def test_a_my_number_in_free_text_is_found_in_any_width_or_grouping(text: str) -
     assert contains_my_number(text)
 
 
-@pytest.mark.parametrize("text", ["4000-0001", "1234567890123", "0463-94-4711", "ヤマダ ハナコ", "123456789017"])
+@pytest.mark.parametrize(
+    "text", ["4000-0001", "1234567890123", "0463-94-4711", "ヤマダ ハナコ", "123456789017"]
+)
 def test_other_numbers_pass(text: str) -> None:
     assert refuse_my_number(text, where="memo") == text
 

@@ -92,6 +92,9 @@ TIME_ZONE = "Asia/Tokyo"
 USE_I18N = True
 USE_TZ = True
 
+# a full provider batch (10,000 transactions) is about 3 MB of JSON
+DATA_UPLOAD_MAX_MEMORY_SIZE = 8 * 1024 * 1024
+
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_AGE = 30 * 60  # a resident session ends itself after 30 minutes

@@ -9,7 +9,6 @@ Providers deduplicate by ``grant_id``. The signature is ``t=<unix>,v1=<HMAC-SHA2
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import hmac
 import json
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import requests
 from django.db import connection, transaction
 
 from mynapoint.grants.models import Grant, OutboxMessage
+from mynapoint.providers.selectors import sign  # one signing scheme for webhooks and verify callbacks
 
 __all__ = ["DeliveryReport", "backoff", "deliver_due", "grant_item", "sign", "verify_signature"]
 
@@ -28,11 +28,6 @@ MAX_BACKOFF = dt.timedelta(hours=6)
 
 def backoff(attempts: int) -> dt.timedelta:
     return min(MAX_BACKOFF, dt.timedelta(minutes=2 ** max(0, attempts - 1)))
-
-
-def sign(secret: str, body: bytes, *, timestamp: int) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
 
 
 def verify_signature(

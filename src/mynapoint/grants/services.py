@@ -202,7 +202,12 @@ def acknowledge_grant(
     if grant.provider_id != provider.pk:
         raise PermissionError("this grant belongs to another provider")
     with transaction.atomic(durable=True):
-        locked = Grant.objects.select_related("resident").get(pk=grant.pk)
+        queryset = Grant.objects.select_related("resident")
+        if (
+            connection.vendor == "postgresql"
+        ):  # two acknowledgements of one grant: the second waits, then sees it
+            queryset = queryset.select_for_update(of=("self",))
+        locked = queryset.get(pk=grant.pk)
         if locked.status == GrantStatus.ACKNOWLEDGED:
             return locked
         legs = [

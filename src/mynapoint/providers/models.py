@@ -46,10 +46,14 @@ class Provider(models.Model):
     )
     grant_schedule_days = models.PositiveSmallIntegerField(default=0)
     # how accounts are verified: the provider registers valid accounts with us, or we call its endpoint
-    verification = models.CharField(max_length=10, choices=Verification.choices, default=Verification.REGISTRY)
+    verification = models.CharField(
+        max_length=10, choices=Verification.choices, default=Verification.REGISTRY
+    )
     verify_url = models.URLField(blank=True)
     # how grant instructions and notices reach the provider: pulled with a cursor, or pushed as webhooks
-    grant_delivery = models.CharField(max_length=10, choices=GrantDelivery.choices, default=GrantDelivery.PULL)
+    grant_delivery = models.CharField(
+        max_length=10, choices=GrantDelivery.choices, default=GrantDelivery.PULL
+    )
     webhook_url = models.URLField(blank=True)
     webhook_secret = models.CharField(max_length=100, blank=True)  # HMAC key for signing webhooks
     active = models.BooleanField(default=True)
@@ -120,4 +124,6 @@ class ProviderAccount(models.Model):
     withdrawn_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["provider", "service_id"], name="declared_account_once")]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "service_id"], name="declared_account_once")
+        ]

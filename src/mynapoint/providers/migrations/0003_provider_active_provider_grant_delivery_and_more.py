@@ -5,69 +5,105 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('providers', '0002_provider_grant_schedule_provider_grant_schedule_days'),
+        ("providers", "0002_provider_grant_schedule_provider_grant_schedule_days"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='provider',
-            name='active',
+            model_name="provider",
+            name="active",
             field=models.BooleanField(default=True),
         ),
         migrations.AddField(
-            model_name='provider',
-            name='grant_delivery',
-            field=models.CharField(choices=[('pull', '事業者が取得（カーソル）'), ('push', 'Webhookで通知')], default='pull', max_length=10),
+            model_name="provider",
+            name="grant_delivery",
+            field=models.CharField(
+                choices=[("pull", "事業者が取得（カーソル）"), ("push", "Webhookで通知")],
+                default="pull",
+                max_length=10,
+            ),
         ),
         migrations.AddField(
-            model_name='provider',
-            name='verification',
-            field=models.CharField(choices=[('registry', '事業者が有効な口座を登録'), ('callback', '事業者の照会APIに問い合わせ')], default='registry', max_length=10),
+            model_name="provider",
+            name="verification",
+            field=models.CharField(
+                choices=[
+                    ("registry", "事業者が有効な口座を登録"),
+                    ("callback", "事業者の照会APIに問い合わせ"),
+                ],
+                default="registry",
+                max_length=10,
+            ),
         ),
         migrations.AddField(
-            model_name='provider',
-            name='verify_url',
+            model_name="provider",
+            name="verify_url",
             field=models.URLField(blank=True),
         ),
         migrations.AddField(
-            model_name='provider',
-            name='webhook_secret',
+            model_name="provider",
+            name="webhook_secret",
             field=models.CharField(blank=True, max_length=100),
         ),
         migrations.AddField(
-            model_name='provider',
-            name='webhook_url',
+            model_name="provider",
+            name="webhook_url",
             field=models.URLField(blank=True),
         ),
         migrations.CreateModel(
-            name='ProviderApiKey',
+            name="ProviderApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('prefix', models.CharField(max_length=12, unique=True)),
-                ('key_hash', models.CharField(max_length=64)),
-                ('created_at', models.DateTimeField()),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('last_used_at', models.DateTimeField(blank=True, null=True)),
-                ('label', models.CharField(blank=True, max_length=100)),
-                ('provider', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='api_keys', to='providers.provider')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("prefix", models.CharField(max_length=12, unique=True)),
+                ("key_hash", models.CharField(max_length=64)),
+                ("created_at", models.DateTimeField()),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                ("last_used_at", models.DateTimeField(blank=True, null=True)),
+                ("label", models.CharField(blank=True, max_length=100)),
+                (
+                    "provider",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="api_keys",
+                        to="providers.provider",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='ProviderAccount',
+            name="ProviderAccount",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('service_id', models.CharField(max_length=64)),
-                ('security_codes_hash', models.CharField(max_length=64)),
-                ('holder_kana', models.CharField(max_length=100)),
-                ('holder_born', models.DateField(blank=True, null=True)),
-                ('updated_at', models.DateTimeField()),
-                ('withdrawn_at', models.DateTimeField(blank=True, null=True)),
-                ('provider', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='declared_accounts', to='providers.provider')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("service_id", models.CharField(max_length=64)),
+                ("security_codes_hash", models.CharField(max_length=64)),
+                ("holder_kana", models.CharField(max_length=100)),
+                ("holder_born", models.DateField(blank=True, null=True)),
+                ("updated_at", models.DateTimeField()),
+                ("withdrawn_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "provider",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="declared_accounts",
+                        to="providers.provider",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('provider', 'service_id'), name='declared_account_once')],
+                "constraints": [
+                    models.UniqueConstraint(fields=("provider", "service_id"), name="declared_account_once")
+                ],
             },
         ),
     ]

@@ -1,0 +1,720 @@
+"""The provider API (``/api/provider/v1/``) for payment-service providers: the contract is docs/provider-api.md.
+
+Header ``X-API-Key`` (stored hashed; a revoked or unknown key is a 401). Every answer that is not a success
+has one shape, ``{code, message}``, the message in Japanese, then `` / `` and English, naming the field (and
+in batches the item index). Operations parse input, call one service or selector, and answer. The schema is
+exported by :func:`export_schema` and committed as docs/openapi/provider-v1.json; a test fails on drift.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import datetime as dt
+import io
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, Final, Literal
+
+import pydantic
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpRequest, HttpResponse
+from ninja import File, NinjaAPI, Query, Schema, Status
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.files import UploadedFile
+from ninja.security import APIKeyHeader
+from pydantic import AwareDatetime, Field, field_validator
+
+from mynapoint import clock
+from mynapoint.applications.models import ApplicationStatus, PointApplication
+from mynapoint.applications.stops import StopError, record_stop
+from mynapoint.applications.transactions import (
+    MAX_AMOUNT,
+    MAX_BATCH,
+    BatchItem,
+    BatchRefused,
+    BatchTooLarge,
+    ReportedRefund,
+    ReportedTransaction,
+    TransactionConflict,
+    TransactionError,
+    record_batch,
+    record_refund,
+    record_transaction,
+)
+from mynapoint.audit.services import Actor
+from mynapoint.grants.models import Grant, GrantStatus
+from mynapoint.grants.outbox import grant_item
+from mynapoint.grants.services import acknowledge_grant
+from mynapoint.identity.mynumber import MyNumberRefused, refuse_my_number
+from mynapoint.providers.models import Provider, ProviderApiKey
+from mynapoint.providers.selectors import api_key_for, link_ref
+from mynapoint.providers.services import (
+    MAX_DECLARED_ACCOUNTS,
+    AccountDeclaration,
+    ProviderError,
+    declare_accounts,
+    note_api_key_used,
+    withdraw_account,
+)
+
+__all__ = ["api", "export_schema"]
+
+logger = logging.getLogger(__name__)
+
+PATH_PREFIX: Final = "/api/provider/v1"
+MAX_CSV_BYTES: Final = 16 * 1024 * 1024
+CSV_HEADER: Final = ("kind", "txid", "service_id", "amount", "at", "refund_id", "of_txid")
+
+api = NinjaAPI(
+    title="mynapoint provider API",
+    version="1",
+    urls_namespace="provider_api",
+    description=(
+        "マイナポイント 決済事業者向けAPI: 口座の登録、紐づけ通知、取引・返金の報告、付与指示と付与完了、停止の通知。"
+        " / For payment-service providers: declared accounts, link notices, transactions and refunds, grant"
+        " instructions and acknowledgements, stop notices. Errors are always {code, message}."
+    ),
+)
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+class Error(Schema):
+    code: str = Field(description="機械可読なエラーコード / a machine-readable code")
+    message: str = Field(description="日本語 / English; names the field and, in batches, the item index")
+
+
+class ApiError(Exception):
+    """An answer other than success, raised by an operation."""
+
+    def __init__(self, status: int, code: str, ja: str, en: str) -> None:
+        self.status, self.code, self.ja, self.en = status, code, ja, en
+        super().__init__(f"{status} {code}: {en}")
+
+
+def _error(request: HttpRequest, status: int, code: str, ja: str, en: str, field: str = "") -> HttpResponse:
+    where = f" ({field})" if field and field not in en else ""
+    return api.create_response(request, {"code": code, "message": f"{ja} / {en}{where}"}, status=status)
+
+
+def _where(loc: Iterable[Any]) -> str:
+    """A pydantic location as the provider wrote it: ``items[3].amount`` (not ``body.body.items.3.charge``)."""
+    parts: list[str] = []
+    skip = {"body", "query", "path", "header", "file", "form", "charge", "purchase", "refund"}
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif str(part) not in skip:
+            parts.append(("." if parts else "") + str(part))
+    return "".join(parts) or "body"
+
+
+def _pydantic_problems(errors: Iterable[Any], *, prefix: str = "") -> str:
+    problems = [f"{prefix}{_where(e.get('loc', ()))}: {e.get('msg', '')}" for e in errors]
+    shown = problems[:20]
+    return "; ".join(shown) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+
+
+@api.exception_handler(ValidationError)
+def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    where = _pydantic_problems(exc.errors)
+    return _error(
+        request, 422, "invalid_input", f"入力内容に誤りがあります（{where}）", f"invalid input: {where}"
+    )
+
+
+@api.exception_handler(AuthenticationError)
+def _unauthorized(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return _error(
+        request,
+        401,
+        "unauthorized",
+        "APIキーがないか、無効です（X-API-Key）",
+        "missing, unknown or revoked API key (X-API-Key)",
+    )
+
+
+_HTTP_CODES: Final = {400: "malformed", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+
+
+@api.exception_handler(HttpError)
+def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    code = _HTTP_CODES.get(exc.status_code, "error")
+    if exc.status_code == 400:
+        return _error(
+            request, 400, code, "リクエストの形式が正しくありません", f"malformed request: {exc.message}"
+        )
+    return _error(request, exc.status_code, code, "リクエストを処理できません", exc.message)
+
+
+@api.exception_handler(Http404)
+def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return _error(request, 404, "not_found", "見つかりません", "not found")
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return _error(
+        request,
+        413,
+        "too_large",
+        "リクエストが大きすぎます",
+        "the request body is too large: send smaller batches",
+    )
+
+
+@api.exception_handler(ApiError)
+def _api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
+    return _error(request, exc.status, exc.code, exc.ja, exc.en)
+
+
+@api.exception_handler(TransactionError)
+def _transaction_error(request: HttpRequest, exc: TransactionError) -> HttpResponse:
+    status = 409 if isinstance(exc, TransactionConflict) else 422
+    if isinstance(exc, BatchRefused):
+        status = 409 if exc.conflict else 422
+    elif isinstance(exc, BatchTooLarge):
+        status = 413
+    return _error(request, status, exc.code, exc.ja, exc.en, exc.field)
+
+
+@api.exception_handler(ProviderError)
+def _provider_error(request: HttpRequest, exc: ProviderError) -> HttpResponse:
+    return _error(request, exc.status, exc.code, exc.ja, exc.en, exc.field)
+
+
+@api.exception_handler(StopError)
+def _stop_error(request: HttpRequest, exc: StopError) -> HttpResponse:
+    return _error(request, exc.status, exc.code, exc.ja, exc.en, exc.field)
+
+
+@api.exception_handler(MyNumberRefused)
+def _my_number(request: HttpRequest, exc: MyNumberRefused) -> HttpResponse:
+    ja, en = str(exc).split(" / ", 1)
+    return _error(request, 422, "my_number_refused", ja, en)
+
+
+@api.exception_handler(Exception)
+def _unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
+    logger.exception("provider API: unexpected error", exc_info=exc)
+    return _error(request, 500, "internal_error", "内部エラーが発生しました", "internal error")
+
+
+def _errors(*statuses: int) -> dict[int, type[Error]]:
+    """The error answers of an operation, for the OpenAPI schema (401 and 500 are always possible)."""
+    return dict.fromkeys(sorted({401, 500, *statuses}), Error)
+
+
+# ------------------------------------------------------------------------------------------------ auth
+
+
+class ProviderKey(APIKeyHeader):
+    param_name = "X-API-Key"
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> ProviderApiKey | None:
+        row = api_key_for(key)
+        if row is not None:
+            note_api_key_used(key=row, now=clock.now())
+        return row
+
+
+api_key = ProviderKey()
+
+
+def _key(request: HttpRequest) -> ProviderApiKey:
+    row = getattr(request, "auth", None)
+    assert isinstance(row, ProviderApiKey)  # noqa: S101 - every operation requires api_key
+    return row
+
+
+def _provider(request: HttpRequest) -> Provider:
+    return _key(request).provider
+
+
+def _who(request: HttpRequest) -> Actor:
+    row = _key(request)
+    return Actor(actor=f"provider:{row.provider.key}", channel="system", terminal=f"api-key:{row.prefix}")
+
+
+class TooLarge(Exception):  # noqa: N818 - raised from a validator so that it is a 413, not a 422
+    def __init__(self, what: str, count: int, limit: int) -> None:
+        self.what, self.count, self.limit = what, count, limit
+        super().__init__(f"{what}: {count} > {limit}")
+
+
+@api.exception_handler(TooLarge)
+def _too_large(request: HttpRequest, exc: TooLarge) -> HttpResponse:
+    return _error(
+        request,
+        413,
+        "too_many",
+        f"{exc.what} は一度に{exc.limit:,}件までです（{exc.count:,}件）",
+        f"at most {exc.limit} {exc.what} at once (got {exc.count})",
+        exc.what,
+    )
+
+
+def _at_most(limit: int, what: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if isinstance(value, list) and len(value) > limit:
+            raise TooLarge(what, len(value), limit)
+        return value
+
+    return check
+
+
+# ------------------------------------------------------------------------------------------------ accounts
+
+
+class AccountIn(Schema):
+    service_id: str = Field(description="決済サービスID")
+    security_codes: list[str] = Field(description="セキュリティコード（事業者の定める個数）")
+    holder_kana: str = Field(description="名義人の氏名（カナ）")
+    holder_born: dt.date | None = Field(default=None, description="名義人の生年月日")
+
+
+class AccountsIn(Schema):
+    accounts: list[AccountIn] = Field(description=f"at most {MAX_DECLARED_ACCOUNTS:,}; more is a 413")
+
+    _limit = field_validator("accounts", mode="before")(_at_most(MAX_DECLARED_ACCOUNTS, "accounts"))
+
+
+class AccountsOut(Schema):
+    created: int
+    updated: int
+
+
+@api.put(
+    "/accounts",
+    auth=api_key,
+    response={200: AccountsOut, **_errors(400, 413, 422)},
+    summary="有効な口座の登録（verification = registry）",
+    description="The accounts the provider declares valid; new ones are created, known ones replaced. "
+    "All are checked first: a refused declaration keeps nothing.",
+)
+def put_accounts(request: HttpRequest, body: AccountsIn) -> Any:
+    result = declare_accounts(
+        provider=_provider(request),
+        accounts=[
+            AccountDeclaration(a.service_id, a.security_codes, a.holder_kana, a.holder_born)
+            for a in body.accounts
+        ],
+        now=clock.now(),
+        who=_who(request),
+    )
+    return {"created": result.created, "updated": result.updated}
+
+
+@api.delete(
+    "/accounts/{service_id}",
+    auth=api_key,
+    response={204: None, **_errors(404)},
+    summary="口座の登録の取り消し",
+)
+def delete_account(request: HttpRequest, service_id: str) -> Any:
+    withdraw_account(provider=_provider(request), service_id=service_id, now=clock.now(), who=_who(request))
+    return Status(204, None)
+
+
+# ------------------------------------------------------------------------------------------------ links
+
+
+class LinkItem(Schema):
+    link_ref: str = Field(description="この事業者だけに通じる利用者の仮名（マイキーIDではない）")
+    measure: str
+    mode: str
+    service_id: str
+    linked_at: dt.datetime
+    status: Literal["linked", "voided"]
+    cursor: int = Field(description="この通知のカーソル")
+
+
+class LinksPage(Schema):
+    next_cursor: int = Field(description="次に after に渡す値（項目がなければ渡した after のまま）")
+    items: list[LinkItem]
+
+
+@api.get(
+    "/links",
+    auth=api_key,
+    response={200: LinksPage, **_errors(422)},
+    summary="紐づけ通知（カーソル）",
+)
+def get_links(
+    request: HttpRequest,
+    after: Annotated[int, Query(ge=0, description="カーソル（前回の next_cursor）")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Any:
+    provider = _provider(request)
+    applications = list(
+        PointApplication.objects.select_related("account")
+        .filter(
+            account__provider=provider,
+            status__in=[ApplicationStatus.ACCEPTED, ApplicationStatus.VOIDED],
+            id__gt=after,
+        )
+        .order_by("id")[:limit]
+    )
+    items = [
+        {
+            "link_ref": link_ref(provider_key=provider.key, resident_id=app.resident_id),
+            "measure": app.measure,
+            "mode": app.mode,
+            "service_id": app.account.service_id,
+            "linked_at": app.applied_at,
+            "status": "linked" if app.status == ApplicationStatus.ACCEPTED else "voided",
+            "cursor": app.pk,
+        }
+        for app in applications
+    ]
+    return {"next_cursor": applications[-1].pk if applications else after, "items": items}
+
+
+# ------------------------------------------------------------------------------------------------ transactions
+
+
+# Transactions come in batches of 10,000: their schemas are plain pydantic models (ninja's Schema runs a Python
+# validator per object, which costs more than the rest of the request)
+
+
+class TransactionIn(pydantic.BaseModel):
+    kind: Literal["charge", "purchase"]
+    txid: str = Field(description="事業者の取引ID（冪等キー）: 英数字と . _ : - で1〜100文字")
+    service_id: str = Field(description="決済サービスID")
+    amount: int = Field(gt=0, le=MAX_AMOUNT, description="円")
+    at: AwareDatetime = Field(description="取引日時（タイムゾーン付き）")
+
+
+class RefundIn(pydantic.BaseModel):
+    kind: Literal["refund"]
+    refund_id: str = Field(description="事業者の返金ID（冪等キー）")
+    of_txid: str = Field(description="返金する取引の取引ID")
+    amount: int = Field(gt=0, le=MAX_AMOUNT, description="円")
+    at: AwareDatetime = Field(description="返金日時（タイムゾーン付き）")
+
+
+ItemIn = Annotated[TransactionIn | RefundIn, Field(discriminator="kind")]
+_ITEM: Final = pydantic.TypeAdapter(ItemIn)
+
+
+class Recorded(pydantic.BaseModel):
+    id: str = Field(description="txid or refund_id")
+    status: Literal["created", "unchanged"]
+
+
+@api.post(
+    "/transactions",
+    auth=api_key,
+    response={200: Recorded, **_errors(400, 409, 413, 422)},
+    summary="取引・返金の報告（1件）",
+    description="Idempotent by txid / refund_id: the same body again is `unchanged`, another body a 409.",
+)
+def post_transaction(request: HttpRequest, body: ItemIn) -> Any:
+    provider, now, who = _provider(request), clock.now(), _who(request)
+    if isinstance(body, RefundIn):
+        try:
+            _, created = record_refund(
+                provider_key=provider.key,
+                refund_id=body.refund_id,
+                txid=body.of_txid,
+                amount=body.amount,
+                at=body.at,
+                now=now,
+                who=who,
+            )
+        except TransactionError as exc:
+            if (
+                exc.field == "txid"
+            ):  # record_refund names the refunded transaction txid; the body says of_txid
+                exc.field = "of_txid"
+            raise
+        return {"id": body.refund_id, "status": "created" if created else "unchanged"}
+    _, created = record_transaction(
+        provider_key=provider.key,
+        txid=body.txid,
+        service_id=body.service_id,
+        kind=body.kind,
+        amount=body.amount,
+        at=body.at,
+        now=now,
+        who=who,
+    )
+    return {"id": body.txid, "status": "created" if created else "unchanged"}
+
+
+class BatchIn(pydantic.BaseModel):
+    items: list[ItemIn] = Field(description=f"at most {MAX_BATCH:,}; more is a 413")
+
+    _limit = field_validator("items", mode="before")(_at_most(MAX_BATCH, "items"))
+
+
+class BatchItemStatus(pydantic.BaseModel):
+    index: int
+    status: Literal["created", "unchanged"]
+
+
+class BatchOut(pydantic.BaseModel):
+    created: int
+    unchanged: int
+    items: list[BatchItemStatus]
+
+
+def _reported(item: TransactionIn | RefundIn) -> BatchItem:
+    if isinstance(item, RefundIn):
+        return ReportedRefund(item.refund_id, item.of_txid, item.amount, item.at)
+    return ReportedTransaction(item.txid, item.service_id, item.kind, item.amount, item.at)
+
+
+def _record_batch(request: HttpRequest, items: list[TransactionIn | RefundIn]) -> HttpResponse:
+    result = record_batch(
+        provider_key=_provider(request).key,
+        items=[_reported(item) for item in items],
+        now=clock.now(),
+        who=_who(request),
+    )
+    body = {
+        "created": result.created,
+        "unchanged": result.unchanged,
+        "items": [{"index": i, "status": s} for i, s in enumerate(result.statuses)],
+    }
+    # rendered as it is (its shape is BatchOut): validating 10,000 items again would cost more than storing them
+    return api.create_response(request, body, status=200)
+
+
+@api.post(
+    "/transactions/batch",
+    auth=api_key,
+    response={200: BatchOut, **_errors(400, 409, 413, 422)},
+    summary="取引・返金の一括報告（10,000件まで）",
+    description="All items are checked first; a refused batch keeps nothing, and the error names each item "
+    "by its index. Idempotent item by item.",
+)
+def post_batch(request: HttpRequest, body: BatchIn) -> Any:
+    return _record_batch(request, list(body.items))
+
+
+def _decode_csv(data: bytes) -> str:
+    """UTF-8 (with or without a BOM), else Shift_JIS/CP932."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp932")
+    except UnicodeDecodeError:
+        raise ApiError(
+            400,
+            "bad_encoding",
+            "CSVの文字コードは UTF-8 または Shift_JIS（CP932）です",
+            "the CSV must be UTF-8 or Shift_JIS (CP932)",
+        ) from None
+
+
+def _csv_items(text: str) -> list[TransactionIn | RefundIn]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [name.strip() for name in next(reader, [])]
+    missing = [name for name in CSV_HEADER if name not in header]
+    if missing:
+        raise ApiError(
+            422,
+            "bad_header",
+            f"CSVの見出し行に {', '.join(missing)} がありません（{','.join(CSV_HEADER)}）",
+            f"the CSV header lacks {', '.join(missing)} (expected {','.join(CSV_HEADER)}; more columns are ignored)",
+        )
+    columns = {name: header.index(name) for name in CSV_HEADER}
+    rows: list[tuple[int, dict[str, str]]] = []
+    for line, cells in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in cells):
+            continue  # a blank line
+        row = {name: cells[i].strip() for name, i in columns.items() if i < len(cells) and cells[i].strip()}
+        rows.append((line, row))
+        if len(rows) > MAX_BATCH:
+            raise TooLarge(
+                "items", sum(1 for cells in reader if any(c.strip() for c in cells)) + len(rows), MAX_BATCH
+            )
+    items: list[TransactionIn | RefundIn] = []
+    problems: list[str] = []
+    for index, (line, row) in enumerate(rows):
+        try:
+            items.append(_ITEM.validate_python(row))
+        except pydantic.ValidationError as exc:
+            problems.append(_pydantic_problems(exc.errors(), prefix=f"items[{index}] (line {line}) "))
+    if problems:
+        where = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise ApiError(
+            422, "invalid_input", f"入力内容に誤りがあります（{where}）", f"invalid input: {where}"
+        )
+    return items
+
+
+@api.post(
+    "/transactions/csv",
+    auth=api_key,
+    response={200: BatchOut, **_errors(400, 409, 413, 422)},
+    summary="取引・返金の一括報告（CSV）",
+    description="multipart `file`: UTF-8 (with or without BOM) or Shift_JIS/CP932, header "
+    "`kind,txid,service_id,amount,at,refund_id,of_txid` (other columns are ignored). Items are the data rows, "
+    "from index 0 (line 2). Answers as the batch.",
+)
+def post_csv(request: HttpRequest, file: File[UploadedFile]) -> Any:
+    if (file.size or 0) > MAX_CSV_BYTES:
+        raise ApiError(
+            413, "too_large", f"CSVは{MAX_CSV_BYTES // 1024 // 1024}MBまでです", "the CSV file is too large"
+        )
+    return _record_batch(request, _csv_items(_decode_csv(file.read())))
+
+
+# ------------------------------------------------------------------------------------------------ grants
+
+
+class GrantItem(Schema):
+    grant_id: int
+    link_ref: str
+    service_id: str
+    measure: str
+    amount: int = Field(description="付与するポイント（負の値は付与取消）")
+    cumulative_after: int
+    due_as_of: dt.date
+    instructed_at: dt.datetime
+    status: Literal["instructed", "acknowledged"]
+
+
+class GrantsPage(Schema):
+    next_cursor: int = Field(description="次に after に渡す値（項目がなければ渡した after のまま）")
+    items: list[GrantItem]
+
+
+@api.get(
+    "/grants",
+    auth=api_key,
+    response={200: GrantsPage, **_errors(422)},
+    summary="付与指示（カーソル）",
+)
+def get_grants(
+    request: HttpRequest,
+    after: Annotated[int, Query(ge=0, description="カーソル（前回の next_cursor）")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Any:
+    provider = _provider(request)
+    grants = list(
+        Grant.objects.select_related("account").filter(provider=provider, id__gt=after).order_by("id")[:limit]
+    )
+
+    def ref(grant: Grant) -> str:
+        return link_ref(provider_key=provider.key, resident_id=grant.resident_id)
+
+    return {
+        "next_cursor": grants[-1].pk if grants else after,
+        "items": [grant_item(grant, ref) for grant in grants],
+    }
+
+
+class AckItem(Schema):
+    grant_id: int
+    reference: str = Field(max_length=100, description="事業者側の付与の参照番号")
+
+
+class AckIn(Schema):
+    items: list[AckItem] = Field(description=f"at most {MAX_BATCH:,}; more is a 413")
+
+    _limit = field_validator("items", mode="before")(_at_most(MAX_BATCH, "items"))
+
+
+class AckOut(Schema):
+    acknowledged: int = Field(description="今回、付与完了になった指示の数")
+    already: int = Field(description="すでに付与完了だった指示の数")
+
+
+@api.post(
+    "/grants/ack",
+    auth=api_key,
+    response={200: AckOut, **_errors(400, 403, 404, 413, 422)},
+    summary="付与完了の通知",
+    description="Each grant is acknowledged exactly once (payable → resident in the ledger); repeating it "
+    "counts as `already`. All grant ids are checked first: an unknown one is a 404, another provider's a 403.",
+)
+def post_ack(request: HttpRequest, body: AckIn) -> Any:
+    provider, now, who = _provider(request), clock.now(), _who(request)
+    grants = Grant.objects.in_bulk([item.grant_id for item in body.items])
+    for index, item in enumerate(body.items):
+        refuse_my_number(item.reference, where=f"items[{index}].reference")
+        grant = grants.get(item.grant_id)
+        if grant is None:
+            raise ApiError(
+                404,
+                "unknown_grant",
+                f"items[{index}]: 付与指示 {item.grant_id} が見つかりません",
+                f"items[{index}]: unknown grant_id {item.grant_id}",
+            )
+        if grant.provider_id != provider.pk:
+            raise ApiError(
+                403,
+                "not_your_grant",
+                f"items[{index}]: 付与指示 {item.grant_id} は他の事業者のものです",
+                f"items[{index}]: grant {item.grant_id} belongs to another provider",
+            )
+    acknowledged = already = 0
+    for item in body.items:
+        grant = grants[item.grant_id]
+        if grant.status == GrantStatus.ACKNOWLEDGED:
+            already += 1
+            continue
+        grants[item.grant_id] = acknowledge_grant(
+            grant=grant, provider=provider, reference=item.reference, now=now, who=who
+        )
+        acknowledged += 1
+    return {"acknowledged": acknowledged, "already": already}
+
+
+# ------------------------------------------------------------------------------------------------ stops
+
+
+class StopIn(Schema):
+    kind: Literal["death", "card_replaced", "improper"] = Field(
+        description="death: 紐づけ停止（死亡） / card_replaced: 紛失による再発行 / improper: 不当な取引"
+    )
+    service_id: str
+    new_service_id: str | None = Field(default=None, description="card_replaced: 再発行後の決済サービスID")
+    occurred_on: dt.date
+    note: str | None = None
+
+
+class StopOut(Schema):
+    status: Literal["recorded", "unchanged", "refused"]
+
+
+@api.post(
+    "/stops",
+    auth=api_key,
+    response={200: StopOut, **_errors(400, 404, 409, 413, 422)},
+    summary="停止の通知（死亡・カード再発行・不当な取引）",
+    description="death: the death date is recorded and no more points are earned from it; card_replaced: "
+    "the link and the cap carry over to new_service_id (`refused` if that account is linked to another "
+    "person); improper: recorded for the programme office. Repeating a notice is `unchanged`.",
+)
+def post_stop(request: HttpRequest, body: StopIn) -> Any:
+    result = record_stop(
+        provider=_provider(request),
+        kind=body.kind,
+        service_id=body.service_id,
+        new_service_id=body.new_service_id,
+        occurred_on=body.occurred_on,
+        note=body.note,
+        now=clock.now(),
+        who=_who(request),
+    )
+    return {"status": result.status}
+
+
+# ------------------------------------------------------------------------------------------------ schema
+
+
+def export_schema() -> str:
+    """The OpenAPI schema as committed in docs/openapi/provider-v1.json (sorted keys, 2-space indent)."""
+    schema = api.get_openapi_schema(path_prefix=PATH_PREFIX)
+    return json.dumps(schema, ensure_ascii=False, sort_keys=True, indent=2) + "\n"

@@ -12,12 +12,14 @@ checks that both engines instruct the same grants.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Sum
 
 from mynapoint.applications.models import (
@@ -291,76 +293,95 @@ def _ledger_accounts(codes: set[str]) -> dict[str, int]:
     return known
 
 
+def _insert(model: type[Any], columns: list[str], rows: list[tuple[Any, ...]]) -> list[int]:
+    """Insert rows and return their ids, in order. PostgreSQL: ids drawn from the table's sequence and the rows
+    sent with COPY (an order of magnitude faster than INSERT for a national run); elsewhere executemany."""
+    if not rows:
+        return []
+    table = model._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+                [table, len(rows)],
+            )
+            ids = [row[0] for row in cursor.fetchall()]
+            raw = cursor.cursor  # the psycopg cursor under Django's wrapper
+            statement = f"COPY {table} (id, {', '.join(columns)}) FROM STDIN"
+            with raw.copy(statement) as copy:
+                for pk, row in zip(ids, rows, strict=True):
+                    copy.write_row((pk, *row))
+            return ids
+        ids = []
+        placeholders = ", ".join(["%s"] * len(columns))
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) RETURNING id"  # noqa: S608
+        for row in rows:
+            cursor.execute(sql, list(row))
+            ids.append(cursor.fetchone()[0])
+        return ids
+
+
 def _post_chunk(dues: list[_Due], world: _World, params: Parameters, now: dt.datetime, who: Actor) -> None:
     providers = {p.pk: p for p in Provider.objects.filter(pk__in={d.provider for d in dues})}
     codes = {BUDGET} | {payable(providers[d.provider].key) for d in dues}
     account_ids = _ledger_accounts(codes)
-    entries = Entry.objects.bulk_create(
+    used = {m: json.dumps(_parameters_used(params, m), ensure_ascii=False) for m in {d.measure for d in dues}}
+    entry_ids = _insert(
+        Entry,
+        ["kind", "at", "effective_date", "idempotency_key", "rule_edition", "parameters", "sources", "memo"],
         [
-            Entry(
-                kind="grant_instructed" if d.amount > 0 else "clawback_instructed",
-                at=now,
-                effective_date=d.cutoff,
-                idempotency_key=f"grant:{world.mykey[d.resident]}:{d.measure}:{d.ordinal}",
-                rule_edition=params.edition,
-                parameters=_parameters_used(params, d.measure),
-                sources=d.sources,
-                memo=f"{d.measure}: earned {d.cumulative} as of {d.cutoff} (batch)",
+            (
+                "grant_instructed" if d.amount > 0 else "clawback_instructed",
+                now,
+                d.cutoff,
+                f"grant:{world.mykey[d.resident]}:{d.measure}:{d.ordinal}",
+                params.edition,
+                used[d.measure],
+                json.dumps(d.sources, ensure_ascii=False),
+                f"{d.measure}: earned {d.cumulative} as of {d.cutoff} (batch)",
             )
             for d in dues
-        ]
+        ],
     )
-    postings = []
-    for d, entry in zip(dues, entries, strict=True):
-        code = payable(providers[d.provider].key)
-        postings.append(
-            Posting(entry=entry, account_id=account_ids[BUDGET], amount=-d.amount, effective_date=d.cutoff)
-        )
-        postings.append(
-            Posting(entry=entry, account_id=account_ids[code], amount=d.amount, effective_date=d.cutoff)
-        )
-    Posting.objects.bulk_create(postings)
-    grants = Grant.objects.bulk_create(
+    postings: list[tuple[Any, ...]] = []
+    for d, entry_id in zip(dues, entry_ids, strict=True):
+        postings.append((entry_id, account_ids[BUDGET], -d.amount, d.cutoff))
+        postings.append((entry_id, account_ids[payable(providers[d.provider].key)], d.amount, d.cutoff))
+    _insert(Posting, ["entry_id", "account_id", "amount", "effective_date"], postings)
+    grant_ids = _insert(
+        Grant,
+        ["resident_id", "measure", "provider_id", "account_id", "ordinal", "amount", "cumulative_after", "due_as_of",
+         "instructed_at", "instruction_entry_id", "status", "provider_reference"],
         [
-            Grant(
-                resident_id=d.resident,
-                measure=d.measure,
-                provider_id=d.provider,
-                account_id=d.account,
-                ordinal=d.ordinal,
-                amount=d.amount,
-                cumulative_after=d.cumulative,
-                due_as_of=d.cutoff,
-                instructed_at=now,
-                instruction_entry=entry,
-            )
-            for d, entry in zip(dues, entries, strict=True)
-        ]
-    )
+            (d.resident, d.measure, d.provider, d.account, d.ordinal, d.amount, d.cumulative, d.cutoff, now, entry_id,
+             "instructed", "")
+            for d, entry_id in zip(dues, entry_ids, strict=True)
+        ],
+    )  # fmt: skip
     OutboxMessage.objects.bulk_create(
         [
             OutboxMessage(
-                provider_id=g.provider_id,
+                provider_id=d.provider,
                 topic="grant",
-                payload={"grant_id": g.pk},
+                payload={"grant_id": grant_id},
                 created_at=now,
                 next_attempt_at=now,
             )
-            for g in grants
-            if providers[g.provider_id].grant_delivery == GrantDelivery.PUSH
+            for d, grant_id in zip(dues, grant_ids, strict=True)
+            if providers[d.provider].grant_delivery == GrantDelivery.PUSH
         ]
     )
     record(
         who=who,
         action="grants_instructed_batch",
         subject_type="grant_run",
-        subject_id=f"{now.isoformat()}:{grants[0].pk}-{grants[-1].pk}",
+        subject_id=f"{now.isoformat()}:{grant_ids[0]}-{grant_ids[-1]}",
         before=None,
         after={
-            "grants": len(grants),
+            "grants": len(grant_ids),
             "points": sum(d.amount for d in dues),
-            "first": grants[0].pk,
-            "last": grants[-1].pk,
+            "first": grant_ids[0],
+            "last": grant_ids[-1],
         },
         at=now,
     )

@@ -3,53 +3,19 @@ logging in and applying over HTTP through the `mynapoint resident` client."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-MYNAPOINT = [sys.executable, "-m", "mynapoint.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from demo_server import MYNAPOINT, running_demo
 
 
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, dict[str, str]]]:
     data = tmp_path_factory.mktemp("demo")
-    env = {**os.environ, "MYNAPOINT_DATA_DIR": str(data)}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    env.pop("MYNAPOINT_DATABASE_URL", None)
-    port = _free_port()
-    log = (data / "server.log").open("w")
-    server = subprocess.Popen(  # noqa: S603 - our own command
-        [*MYNAPOINT, "demo", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if server.poll() is not None:
-                    raise AssertionError((data / "server.log").read_text()) from None
-                time.sleep(0.2)
-        else:
-            raise AssertionError("the demo server did not start: " + (data / "server.log").read_text())
-        yield f"http://127.0.0.1:{port}", data / "demo" / "cards", env
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        log.close()
+    with running_demo(data) as (url, env):
+        yield url, data / "demo" / "cards", env
 
 
 def resident(env: dict[str, str], pin: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,16 +9,14 @@ Unit level: the webhook credits a grant once per grant_id and refuses a bad sign
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from demo_server import MYNAPOINT, running_demo
 from django.test import Client
 
 from mynapoint import clock
@@ -27,46 +25,14 @@ from mynapoint.sandbox import services
 from mynapoint.sandbox.client import ProviderApiClient, ProviderApiError
 from mynapoint.sandbox.models import ReceivedGrant, Wallet
 
-MYNAPOINT = [sys.executable, "-m", "mynapoint.cli"]
-
-
 # ------------------------------------------------------------------------------------------------ end to end
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, dict[str, str]]]:
     data = tmp_path_factory.mktemp("sandbox-demo")
-    env = {**os.environ, "MYNAPOINT_DATA_DIR": str(data)}
-    for name in ("DJANGO_SETTINGS_MODULE", "MYNAPOINT_DATABASE_URL", "MYNAPOINT_PROVIDER_ADAPTER"):
-        env.pop(name, None)
-    port = _free_port()
-    log = (data / "server.log").open("w")
-    server = subprocess.Popen(  # noqa: S603 - our own command
-        [*MYNAPOINT, "demo", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if server.poll() is not None:
-                    raise AssertionError((data / "server.log").read_text()) from None
-                time.sleep(0.2)
-        else:
-            raise AssertionError("the demo server did not start: " + (data / "server.log").read_text())
-        yield f"http://127.0.0.1:{port}", data, env
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        log.close()
+    with running_demo(data) as (url, env):
+        yield url, data, env
 
 
 def mynapoint(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -309,7 +309,7 @@ def test_reconciliation_lists_every_discrepancy(
     with transaction.atomic():  # an acknowledgement booked with no grant behind it (a bug on our side)
         post_entry(
             kind="grant_acknowledged", at=at(7, 5), effective_date=dt.date(2022, 7, 5), key="stray",
-            legs=[(payable("wallet"), -300), (resident_account("XXXXXXXX", "premium"), 300)],
+            legs=[(payable("wallet"), -300), (resident_account("ZZZZZZZZ", "premium"), 300)],
             rule_edition="seed", parameters={}, sources=[],
         )  # fmt: skip
 

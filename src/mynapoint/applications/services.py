@@ -353,7 +353,7 @@ def validate_bank_account(
 
 
 def yucho_to_bank_account(*, symbol: str, number: str) -> BankAccount:
-    """ゆうちょ銀行 記号・番号 → 支店・口座番号 (通常貯金: 記号 1XXX0, 番号 ending in 1)."""
+    """ゆうちょ銀行 記号・番号 → 支店・口座番号 (通常貯金: 記号 1nnn0, 番号 ending in 1)."""
     if not (re.fullmatch(r"1\d{3}0", symbol) and re.fullmatch(r"\d{1,8}", number) and number.endswith("1")):
         raise ApplicationError(
             "bad_yucho",

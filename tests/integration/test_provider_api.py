@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import datetime as dt
+import hashlib
 import json
 import re
 import socket
@@ -197,14 +198,19 @@ def test_declared_accounts_are_created_then_updated_with_their_codes_hashed(api:
     assert again.json() == {"created": 1, "updated": 1}
     rows = {row.service_id: row for row in ProviderAccount.objects.all()}
     assert set(rows) == {"A-1", "A-2", "A-3"}
+    # a keyed hash, not the code and not a plain sha256 of it (a substring test on random hex would be flaky)
+    plain = hashlib.sha256(b"1234").hexdigest()
     assert all(
-        len(row.security_codes_hash) == 64 and "1234" not in row.security_codes_hash for row in rows.values()
+        len(row.security_codes_hash) == 64 and row.security_codes_hash not in ("1234", plain)
+        for row in rows.values()
     )
     assert rows["A-1"].security_codes_hash != rows["A-3"].security_codes_hash  # bound to the account
     assert (rows["A-1"].holder_kana, rows["A-1"].holder_born) == (KANA, BORN)
     events = AuditEvent.objects.filter(action="accounts_declared")
     assert events.count() == 2
-    assert "1234" not in json.dumps([e.after for e in events])
+    assert '"1234"' not in json.dumps(
+        [e.after for e in events]
+    )  # no code as a value (the digest is random hex)
 
 
 def test_a_refused_declaration_keeps_nothing_and_names_the_item(api: ProviderClient) -> None:

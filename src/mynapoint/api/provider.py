@@ -322,6 +322,11 @@ def delete_account(request: HttpRequest, service_id: str) -> Any:
 # ------------------------------------------------------------------------------------------------ links
 
 
+# the cursor paging of link notices and grants
+After = Annotated[int, Query(ge=0, description="カーソル（前回の next_cursor）")]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
 class LinkItem(Schema):
     link_ref: str = Field(description="この事業者だけに通じる利用者の仮名（マイキーIDではない）")
     measure: str
@@ -345,8 +350,8 @@ class LinksPage(Schema):
 )
 def get_links(
     request: HttpRequest,
-    after: Annotated[int, Query(ge=0, description="カーソル（前回の next_cursor）")] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: After = 0,
+    limit: Limit = 100,
 ) -> Any:
     provider = _provider(request)
     applications = list(
@@ -597,8 +602,8 @@ class GrantsPage(Schema):
 )
 def get_grants(
     request: HttpRequest,
-    after: Annotated[int, Query(ge=0, description="カーソル（前回の next_cursor）")] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: After = 0,
+    limit: Limit = 100,
 ) -> Any:
     provider = _provider(request)
     grants = list(

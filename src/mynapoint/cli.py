@@ -190,22 +190,58 @@ def bench_rules(residents: int, batch_residents: int, seed: int, as_json: bool) 
     "--admin-url",
     default="postgres://postgres@127.0.0.1:5432/postgres",
     show_default=True,
-    help="A PostgreSQL URL allowed to create the benchmark database (mynapoint_bench).",
+    help="A PostgreSQL URL allowed to create the benchmark database.",
+)
+@click.option(
+    "--database-name",
+    default="mynapoint_bench",
+    show_default=True,
+    help="The benchmark database (dropped and made again): a name of your own lets two runs share a server.",
 )
 @click.option("--residents", default=20_000, show_default=True)
 @click.option("--transactions", default=100_000, show_default=True)
 @click.option("--batch-size", default=10_000, show_default=True)
-def bench_provider(admin_url: str, residents: int, transactions: int, batch_size: int) -> None:
-    """Transactions per second from the provider batch API to ledger postings, against COPY (PostgreSQL)."""
+@click.option(
+    "--workers", default=2, show_default=True, type=click.IntRange(min=1), help="gunicorn sync workers."
+)
+@click.option(
+    "--clients",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Client threads posting the batches at once.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON at the end.")
+def bench_provider(
+    admin_url: str,
+    database_name: str,
+    residents: int,
+    transactions: int,
+    batch_size: int,
+    workers: int,
+    clients: int,
+    as_json: bool,
+) -> None:
+    """Transactions per second from the provider batch API, over HTTP (gunicorn), to ledger postings, against
+    COPY of the same rows (PostgreSQL)."""
     import os
 
     from mynapoint.bench.provider import prepare_database, run_provider_benchmark
 
-    os.environ["MYNAPOINT_DATABASE_URL"] = prepare_database(admin_url)
+    url = prepare_database(admin_url, database_name)
+    os.environ["MYNAPOINT_DATABASE_URL"] = url
     _django()
-    run_provider_benchmark(
-        residents=residents, transactions=transactions, batch_size=batch_size, echo=click.echo
+    figures = run_provider_benchmark(
+        residents=residents,
+        transactions=transactions,
+        batch_size=batch_size,
+        workers=workers,
+        clients=clients,
+        database_url=url,
+        echo=click.echo,
     )
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
 
 
 @bench.command("logins")
@@ -240,6 +276,30 @@ def manage(args: tuple[str, ...]) -> None:
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(["mynapoint manage", *args])
+
+
+@main.command("serve")
+@click.option(
+    "--bind", default="127.0.0.1:8000", show_default=True, help="HOST:PORT (or unix:PATH) to listen on."
+)
+@click.option(
+    "--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Sync worker processes."
+)
+@click.option(
+    "--timeout", default=120, show_default=True, type=click.IntRange(min=1), help="Seconds before a silent "
+    "worker is restarted (a provider batch of 10,000 takes seconds)."
+)  # fmt: skip
+def serve(bind: str, workers: int, timeout: int) -> None:
+    """Serve the platform with gunicorn (mynapoint.config.wsgi:application), configured by the MYNAPOINT_*
+    variables; `make demo` uses Django's development server instead."""
+    import os
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mynapoint.config.settings")
+    argv = [
+        sys.executable, "-m", "gunicorn", "mynapoint.config.wsgi:application", "--bind", bind,
+        "--workers", str(workers), "--worker-class", "sync", "--timeout", str(timeout),
+    ]  # fmt: skip
+    os.execv(sys.executable, argv)  # noqa: S606 - gunicorn takes over this process (signals, exit status)
 
 
 @main.command("demo")

@@ -1,12 +1,15 @@
-"""Database helpers shared by migrations: append-only tables enforced by triggers."""
+"""Database helpers: append-only tables and set-based references enforced by triggers (for migrations), and
+the text form of ``COPY`` rows (for the bulk paths)."""
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any, Final
 
 from django.db import migrations
 
-__all__ = ["append_only"]
+__all__ = ["append_only", "checked_references", "copy_text"]
 
 
 def _statements(table: str, prefix: str, function: str, vendor: str) -> tuple[list[str], list[str]]:
@@ -35,20 +38,175 @@ def _statements(table: str, prefix: str, function: str, vendor: str) -> tuple[li
     return [], []
 
 
-def append_only(*tables: tuple[str, str], function: str = "refuse_change") -> migrations.RunPython:
+def append_only(
+    *tables: tuple[str, str],
+    function: str = "refuse_change",
+    vendors: tuple[str, ...] = ("postgresql", "sqlite"),
+) -> migrations.RunPython:
     """A migration operation that makes tables insert-only (updates, deletes and truncation refused).
 
     ``tables`` are ``(table, trigger_prefix)`` pairs; on PostgreSQL every trigger calls ``function``.
+    ``vendors`` limits the databases it runs on (SQLite drops a table's triggers when a migration rebuilds it).
     """
 
     def forwards(apps: Any, schema_editor: Any) -> None:  # noqa: ARG001 - RunPython signature
+        if schema_editor.connection.vendor not in vendors:
+            return
         for table, prefix in tables:
             for sql in _statements(table, prefix, function, schema_editor.connection.vendor)[0]:
                 schema_editor.execute(sql)
 
     def backwards(apps: Any, schema_editor: Any) -> None:  # noqa: ARG001 - RunPython signature
+        if schema_editor.connection.vendor not in vendors:
+            return
         for table, prefix in tables:
             for sql in _statements(table, prefix, function, schema_editor.connection.vendor)[1]:
                 schema_editor.execute(sql)
 
     return migrations.RunPython(forwards, backwards)
+
+
+# ------------------------------------------------------------------------------------ set-based references
+
+
+Reference = tuple[tuple[str, ...], str, tuple[str, ...]]  # (child columns, parent table, parent columns)
+
+
+def _pg_reference_statements(
+    child: str, name: str, references: list[Reference]
+) -> tuple[list[str], list[str]]:
+    create: list[str] = []
+    drop: list[str] = []
+    checks = []
+    for columns, parent, keys in references:
+        on = " AND ".join(f"p.{k} = n.{c}" for c, k in zip(columns, keys, strict=True))
+        missing = f"SELECT 1 FROM new_rows n WHERE NOT EXISTS (SELECT 1 FROM {parent} p WHERE {on})"  # noqa: S608 - names from migrations
+        checks.append(
+            f"IF EXISTS ({missing}) THEN RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation', "
+            f"MESSAGE = '{child}: ({', '.join(columns)}) not present in {parent}'; END IF;"
+        )
+    function = f"{name}_refs"
+    create.append(
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger AS $$ "
+        f"BEGIN {' '.join(checks)} RETURN NULL; END; $$ LANGUAGE plpgsql"
+    )
+    for verb in ("INSERT", "UPDATE"):
+        trigger = f"{name}_{verb.lower()}_refs"
+        create.append(
+            f"CREATE TRIGGER {trigger} AFTER {verb} ON {child} REFERENCING NEW TABLE AS new_rows "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+        )
+        drop.append(f"DROP TRIGGER IF EXISTS {trigger} ON {child}")
+    drop.append(f"DROP FUNCTION IF EXISTS {function}()")
+    for index, (columns, parent, keys) in enumerate(references):
+        function = f"{name}_keep_{index}"
+        on = " AND ".join(f"c.{c} = g.{k}" for c, k in zip(columns, keys, strict=True))
+        same = " AND ".join(f"p.{k} = g.{k}" for k in keys)
+        # a deleted row, or an updated one whose key is gone, that a child row still names
+        orphaned = (
+            f"SELECT 1 FROM gone_rows g JOIN {child} c ON {on} "  # noqa: S608 - names from migrations
+            f"WHERE TG_OP = 'DELETE' OR NOT EXISTS (SELECT 1 FROM {parent} p WHERE {same})"
+        )
+        create.append(
+            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger AS $$ "
+            f"BEGIN IF EXISTS ({orphaned}) THEN RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation', "
+            f"MESSAGE = '{parent}: still referenced from {child}'; END IF; RETURN NULL; END; $$ LANGUAGE plpgsql"
+        )
+        for verb in ("DELETE", "UPDATE"):
+            trigger = f"{function}_{verb.lower()}"
+            create.append(
+                f"CREATE TRIGGER {trigger} AFTER {verb} ON {parent} REFERENCING OLD TABLE AS gone_rows "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+            )
+            drop.append(f"DROP TRIGGER IF EXISTS {trigger} ON {parent}")
+        drop.append(f"DROP FUNCTION IF EXISTS {function}()")
+    return create, drop
+
+
+def _sqlite_reference_statements(
+    child: str, name: str, references: list[Reference]
+) -> tuple[list[str], list[str]]:
+    create: list[str] = []
+    drop: list[str] = []
+    for index, (columns, parent, keys) in enumerate(references):
+        named = " AND ".join(f"{k} = NEW.{c}" for c, k in zip(columns, keys, strict=True))
+        naming = " AND ".join(f"{c} = OLD.{k}" for c, k in zip(columns, keys, strict=True))
+        shown = ", ".join(columns)
+        missing = f"SELECT RAISE(ABORT, '{child}: ({shown}) not present in {parent}')"
+        kept = f"SELECT RAISE(ABORT, '{parent}: still referenced from {child}')"  # noqa: S608 - names from migrations
+        rekeyed = " OR ".join(f"NEW.{k} IS NOT OLD.{k}" for k in keys)
+        absent = f"NOT EXISTS (SELECT 1 FROM {parent} WHERE {named})"  # noqa: S608 - names from migrations
+        present = f"EXISTS (SELECT 1 FROM {child} WHERE {naming})"  # noqa: S608 - names from migrations
+        for trigger, sql in (
+            (f"{name}_{index}_insert", f"BEFORE INSERT ON {child} WHEN {absent} BEGIN {missing}; END"),
+            (
+                f"{name}_{index}_update",
+                f"BEFORE UPDATE OF {shown} ON {child} WHEN {absent} BEGIN {missing}; END",
+            ),
+            (f"{name}_{index}_delete", f"BEFORE DELETE ON {parent} WHEN {present} BEGIN {kept}; END"),
+            (
+                f"{name}_{index}_rekey",
+                f"BEFORE UPDATE OF {', '.join(keys)} ON {parent} WHEN ({rekeyed}) AND {present} BEGIN {kept}; END",
+            ),
+        ):
+            create.append(f"CREATE TRIGGER {trigger} {sql}")
+            drop.append(f"DROP TRIGGER IF EXISTS {trigger}")
+    return create, drop
+
+
+def _reference_statements(
+    child: str, name: str, references: list[Reference], vendor: str
+) -> tuple[list[str], list[str]]:
+    if vendor == "postgresql":
+        return _pg_reference_statements(child, name, references)
+    if vendor == "sqlite":
+        return _sqlite_reference_statements(child, name, references)
+    return [], []
+
+
+def checked_references(child: str, references: list[Reference], *, name: str) -> migrations.RunPython:
+    """A migration operation that enforces references of a bulk-loaded table set by set instead of row by row.
+
+    A foreign key checks every inserted row with its own query at commit (about 10 µs a row on PostgreSQL:
+    half the cost of loading 10,000 transactions). For the tables the provider API and the grant engine
+    load in bulk, the same guarantee is given by triggers instead: on PostgreSQL an AFTER INSERT / UPDATE
+    trigger per *statement* (also for COPY) checks all new rows in one anti-join against the parent, and an
+    AFTER DELETE / UPDATE trigger on the parent refuses to remove a row that is still referenced; on SQLite
+    (row triggers only) the same checks run per row. ``references`` are ``(child columns, parent table,
+    parent columns)``; several columns check them together (a transaction's account must belong to the
+    transaction's provider). Violations are integrity errors, as a foreign key's. The model field says
+    ``db_constraint=False`` (docs/decisions/0003, Q13)."""
+
+    def forwards(apps: Any, schema_editor: Any) -> None:  # noqa: ARG001 - RunPython signature
+        for sql in _reference_statements(child, name, references, schema_editor.connection.vendor)[0]:
+            schema_editor.execute(sql)
+
+    def backwards(apps: Any, schema_editor: Any) -> None:  # noqa: ARG001 - RunPython signature
+        for sql in _reference_statements(child, name, references, schema_editor.connection.vendor)[1]:
+            schema_editor.execute(sql)
+
+    return migrations.RunPython(forwards, backwards)
+
+
+# ------------------------------------------------------------------------------------------------ COPY
+
+
+_COPY_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_value(value: object) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        return value.translate(_COPY_ESCAPES)
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, int | dt.date):  # a datetime is a date: isoformat() keeps its UTC offset
+        return value.isoformat() if isinstance(value, dt.date) else str(value)
+    raise TypeError(f"no COPY text form for {type(value).__name__}")
+
+
+def copy_text(rows: Sequence[Sequence[object]]) -> str:
+    """Rows in the text format of PostgreSQL's ``COPY … FROM STDIN`` (tab-separated, ``\\N`` for NULL, text
+    escaped): strings, integers, booleans, dates, aware datetimes and ``None``."""
+    return "".join("\t".join([_copy_value(v) for v in row]) + "\n" for row in rows)

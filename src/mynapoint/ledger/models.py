@@ -44,8 +44,11 @@ class Entry(models.Model):
 
 
 class Posting(models.Model):
-    entry = models.ForeignKey(Entry, on_delete=models.PROTECT, related_name="postings")
-    account = models.ForeignKey(LedgerAccount, on_delete=models.PROTECT, related_name="postings")
+    # references checked set by set (dbutil.checked_references); (account, effective_date) serves account lookups
+    entry = models.ForeignKey(Entry, on_delete=models.PROTECT, related_name="postings", db_constraint=False)
+    account = models.ForeignKey(
+        LedgerAccount, on_delete=models.PROTECT, related_name="postings", db_constraint=False, db_index=False
+    )
     amount = models.BigIntegerField()  # signed points; the postings of an entry sum to zero
     effective_date = models.DateField()
 

@@ -73,10 +73,16 @@ class TransactionKind(models.TextChoices):
 class ProviderTransaction(models.Model):
     """A charge or purchase on a payment account, reported by its provider (idempotent by provider txid)."""
 
-    provider = models.ForeignKey(Provider, on_delete=models.PROTECT)
+    # references checked set by set (dbutil.checked_references): the account must be the provider's; the
+    # unique (provider, txid) and (account, at) indexes serve the lookups a plain foreign-key index would
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, db_constraint=False, db_index=False)
     txid = models.CharField(max_length=100)
     account = models.ForeignKey(
-        "applications.PaymentAccount", on_delete=models.PROTECT, related_name="transactions"
+        "applications.PaymentAccount",
+        on_delete=models.PROTECT,
+        related_name="transactions",
+        db_constraint=False,
+        db_index=False,
     )
     kind = models.CharField(max_length=10, choices=TransactionKind.choices)
     amount = models.PositiveIntegerField()

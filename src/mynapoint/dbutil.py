@@ -1,15 +1,14 @@
 """Database helpers: append-only tables and set-based references enforced by triggers (for migrations), and
-the text form of ``COPY`` rows (for the bulk paths)."""
+``COPY`` for the bulk paths."""
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from django.db import migrations
 
-__all__ = ["append_only", "checked_references", "copy_text"]
+__all__ = ["append_only", "checked_references", "copy_rows"]
 
 
 def _statements(table: str, prefix: str, function: str, vendor: str) -> tuple[list[str], list[str]]:
@@ -191,22 +190,21 @@ def checked_references(child: str, references: list[Reference], *, name: str) ->
 # ------------------------------------------------------------------------------------------------ COPY
 
 
-_COPY_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+def copy_rows(
+    cursor: Any, table: str, columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[object]]
+) -> None:
+    """Load rows into ``table`` with PostgreSQL's ``COPY … FROM STDIN`` on a psycopg ``cursor``.
 
-
-def _copy_value(value: object) -> str:
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
-        return value.translate(_COPY_ESCAPES)
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if isinstance(value, int | dt.date):  # a datetime is a date: isoformat() keeps its UTC offset
-        return value.isoformat() if isinstance(value, dt.date) else str(value)
-    raise TypeError(f"no COPY text form for {type(value).__name__}")
-
-
-def copy_text(rows: Sequence[Sequence[object]]) -> str:
-    """Rows in the text format of PostgreSQL's ``COPY … FROM STDIN`` (tab-separated, ``\\N`` for NULL, text
-    escaped): strings, integers, booleans, dates, aware datetimes and ``None``."""
-    return "".join("\t".join([_copy_value(v) for v in row]) + "\n" for row in rows)
+    ``columns`` are ``(column, database type)`` pairs, the type as Django's ``field.db_type()`` gives it. The
+    rows go in psycopg's binary format with the types declared once (about twice as fast as letting psycopg
+    find a dumper for every value); a table with a JSON column goes in text format (binary ``jsonb`` wants
+    its own framing), as the values come."""
+    names = ", ".join(name for name, _ in columns)
+    types = [kind.partition("(")[0].strip() for _, kind in columns]
+    binary = not any(kind.startswith("json") for kind in types)
+    statement = f"COPY {table} ({names}) FROM STDIN" + (" (FORMAT BINARY)" if binary else "")
+    with cursor.copy(statement) as copy:
+        if binary:
+            copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)

@@ -28,7 +28,7 @@ from django.utils.module_loading import import_string
 
 from mynapoint.applications.models import PaymentAccount
 from mynapoint.audit.services import Actor, record
-from mynapoint.dbutil import copy_text
+from mynapoint.dbutil import copy_rows
 from mynapoint.identity.mynumber import refuse_my_number
 from mynapoint.providers.models import Provider, ProviderRefund, ProviderTransaction, TransactionKind
 
@@ -700,11 +700,10 @@ def _insert_rows(model: type[Model], fields: Sequence[str], rows: list[tuple[Any
         ]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            # COPY: the rows stream to the server as they are, with no SQL text to build or parse; written as
-            # one text block (psycopg's write_row costs about 15 µs a row in Python)
-            copy_sql = f"COPY {table} ({names}) FROM STDIN"
-            with connection.wrap_database_errors, cursor.cursor.copy(copy_sql) as copy:
-                copy.write(copy_text(rows))
+            # COPY: the rows stream to the server in binary, with no SQL text to build or parse
+            typed = [(quote(f.column), str(f.db_type(connection))) for f in columns]
+            with connection.wrap_database_errors:
+                copy_rows(cursor.cursor, table, typed, rows)
         else:
             placeholders = ", ".join(["%s"] * len(columns))
             sql = f"INSERT INTO {table} ({names}) VALUES ({placeholders})"  # noqa: S608 - model metadata

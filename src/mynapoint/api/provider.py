@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Final, Literal
 
+import polars as pl
 import pydantic
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse
@@ -24,22 +25,25 @@ from ninja import File, NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.files import UploadedFile
 from ninja.security import APIKeyHeader
-from pydantic import AwareDatetime, Field, field_validator
+from pydantic import AwareDatetime, Field, SkipValidation, field_validator
 
 from mynapoint import clock
 from mynapoint.applications.models import ApplicationStatus, PointApplication
 from mynapoint.applications.stops import StopError, record_stop
 from mynapoint.applications.transactions import (
+    CHARGE_SCHEMA,
     MAX_AMOUNT,
     MAX_BATCH,
     BatchItem,
     BatchRefused,
+    BatchResult,
     BatchTooLarge,
     ReportedRefund,
     ReportedTransaction,
     TransactionConflict,
     TransactionError,
     record_batch,
+    record_charges,
     record_refund,
     record_transaction,
 )
@@ -450,8 +454,14 @@ def post_transaction(request: HttpRequest, body: ItemIn) -> Any:
     return {"id": body.txid, "status": "created" if created else "unchanged"}
 
 
+_ITEMS: Final = pydantic.TypeAdapter(list[ItemIn])
+# BatchIn documents its items as ItemIn; they are taken as they come (plain objects), and validated as ItemIn only
+# when they are not all charges written the common way (_charges_frame): a model object per item costs more than
+# storing it
+
+
 class BatchIn(pydantic.BaseModel):
-    items: list[ItemIn] = Field(description=f"at most {MAX_BATCH:,}; more is a 413")
+    items: SkipValidation[list[ItemIn]] = Field(description=f"at most {MAX_BATCH:,}; more is a 413")
 
     _limit = field_validator("items", mode="before")(_at_most(MAX_BATCH, "items"))
 
@@ -480,6 +490,10 @@ def _record_batch(request: HttpRequest, items: list[TransactionIn | RefundIn]) -
         now=clock.now(),
         who=_who(request),
     )
+    return _batch_answer(result)
+
+
+def _batch_answer(result: BatchResult) -> HttpResponse:
     # written as it is (its shape is BatchOut; a status is "created" or "unchanged", nothing to escape):
     # validating and encoding 10,000 small objects again would cost a tenth of the request
     statuses = ",".join(f'{{"index":{i},"status":"{s}"}}' for i, s in enumerate(result.statuses))
@@ -496,7 +510,52 @@ def _record_batch(request: HttpRequest, items: list[TransactionIn | RefundIn]) -
     "by its index. Idempotent item by item.",
 )
 def post_batch(request: HttpRequest, body: BatchIn) -> Any:
-    return _record_batch(request, list(body.items))
+    charges = _charges_frame(body.items)  # SkipValidation: the items as they came
+    if charges is None:
+        try:
+            items = _ITEMS.validate_python(body.items)
+        except pydantic.ValidationError as exc:
+            raise ValidationError(
+                [{**e, "loc": ("body", "items", *e["loc"])} for e in exc.errors(include_url=False)]
+            ) from None
+        return _record_batch(request, items)
+    result = record_charges(
+        provider_key=_provider(request).key, charges=charges, now=clock.now(), who=_who(request)
+    )
+    return _batch_answer(result)
+
+
+_CHARGE_KEYS: Final = frozenset(TransactionIn.model_fields)
+_CHARGE_KINDS: Final = frozenset({"charge", "purchase"})
+_AT_WRITTEN: Final = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?[+-]\d{2}:\d{2}$"
+
+
+def _charges_frame(items: object) -> pl.DataFrame | None:
+    """The items as columns (mynapoint.applications.transactions.CHARGE_SCHEMA) when every one is a charge or
+    purchase that TransactionIn accepts as it is — exactly its fields, strings and an integer amount within its
+    bounds, ``at`` as ``YYYY-MM-DDThh:mm:ss[.ffffff]±hh:mm`` — else ``None``: the items are then validated one
+    by one as ItemIn, with its messages."""
+    if type(items) is not list or not items:
+        return None
+    if not all(type(item) is dict and item.keys() == _CHARGE_KEYS for item in items):
+        return None
+    columns = {
+        name: [item[name] for item in items] for name in ("txid", "service_id", "kind", "amount", "at")
+    }
+    texts = ("txid", "service_id", "kind", "at")
+    if not all(type(value) is str for name in texts for value in columns[name]):
+        return None
+    if not all(type(value) is int and 0 < value <= MAX_AMOUNT for value in columns["amount"]):
+        return None
+    if not set(columns["kind"]) <= _CHARGE_KINDS:
+        return None
+    frame = pl.DataFrame(columns, schema={**dict.fromkeys(texts, pl.String), "amount": pl.Int64})
+    if not frame["at"].str.contains(_AT_WRITTEN).all():
+        return None
+    frame = frame.with_columns(
+        pl.col("at").str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", time_zone="UTC", strict=False)
+    )
+    return None if frame["at"].null_count() else frame.select(list(CHARGE_SCHEMA))
 
 
 def _decode_csv(data: bytes) -> str:

@@ -672,6 +672,22 @@ def sandbox_shops(server: str) -> None:
         click.echo(f"{shop['code']}\t{shop['name_ja']}\t{shop['name_en']}")
 
 
+@sandbox.command("sync")
+@_server
+def sandbox_sync(server: str) -> None:
+    """Catch up with the platform: declare wallets, report transactions, pull the grants no webhook brought
+    (GET /grants from the sandbox's cursor, each credited once) and acknowledge them."""
+    result = _sandbox_call(server, lambda c: c.sync())
+    click.echo(
+        f"同期 / synced: 付与を取得 / grants pulled {result['pulled']}, "
+        f"付与完了通知 / acknowledged {result['acknowledged']}, 口座の登録 / wallets declared {result['declared']}"
+    )
+    for error in result["errors"]:
+        click.echo(f"platform: {error}", err=True)
+    if result["errors"]:
+        raise SystemExit(1)
+
+
 # ------------------------------------------------------------------------------------------- grants, ledger
 
 
@@ -996,6 +1012,388 @@ def settlement_reconcile(
     if out is not None:
         out.write_bytes(reconciliation_csv(report))
     sys.exit(1 if report.discrepancies else 0)
+
+
+# ------------------------------------------------------------------------------------------- providers
+
+
+@main.group()
+def providers() -> None:
+    """決済事業者の登録と管理 (the programme office: payment-service providers and their API keys)."""
+
+
+class _ProviderRefused(click.ClickException):
+    """Bad input for a provider command: the message names the field, in Japanese and English; exit 2."""
+
+    exit_code = 2
+
+    @classmethod
+    def of(cls, error: Any) -> _ProviderRefused:  # a ProviderError (imported once Django is set up)
+        where = f" ({error.field})" if error.field else ""
+        return cls(f"{error.code}{where}: {error.ja} / {error.en}")
+
+
+_NO_DEADLINE = "none"
+
+
+class _DayOrNone(click.ParamType[dt.date | str]):
+    """A JST day, YYYY-MM-DD, or ``none`` to clear it."""
+
+    name = "YYYY-MM-DD|none"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.date | str:
+        if isinstance(value, dt.date):
+            return value
+        if value == _NO_DEADLINE:
+            return _NO_DEADLINE
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a day (YYYY-MM-DD) or 'none'", param, ctx)
+
+
+_provider_by = click.option(
+    "--by", "who", default="office", show_default=True, help="Who does it (the audit log)."
+)
+_provider_json = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+_provider_secret = click.option(
+    "--webhook-secret",
+    default=None,
+    help="署名の鍵 (16+ characters, agreed with the provider). Without it one is generated and shown once.",
+)
+
+
+def _provider_settings_options(command: Any) -> Any:
+    """The settings `providers add` and `providers update` share (update: only those given change)."""
+    options = [
+        click.option("--name-ja", default=None, help="事業者名 (Japanese name)."),
+        click.option("--name-en", default=None, help="English name."),
+        click.option("--kind", default=None, help="決済の種類: qr, emoney, credit, debit or prepaid."),
+        click.option(
+            "--mode", "modes", multiple=True, help="方式: charge and/or purchase (repeat; replaces the list)."
+        ),
+        click.option(
+            "--measure",
+            "measures",
+            multiple=True,
+            help="施策: premium, health_insurance, public_fund (repeat; replaces the list; add: all).",
+        ),
+        click.option(
+            "--grant-schedule",
+            default=None,
+            help="付与時期: immediate, monthly or days_after (add: immediate).",
+        ),
+        click.option(
+            "--grant-schedule-days",
+            default=None,
+            type=int,
+            help="monthly: day of the next month (1–28); days_after: N days after the transaction (1–365).",
+        ),
+        click.option(
+            "--charge-deadline",
+            type=_DayOrNone(),
+            default=None,
+            help="対象取引の期限 (none: the programme's).",
+        ),
+        click.option(
+            "--application-deadline",
+            type=_DayOrNone(),
+            default=None,
+            help="申込受付の期限 (none: the programme's).",
+        ),
+        click.option(
+            "--pre-registration/--no-pre-registration",
+            "pre_registration_required",
+            default=None,
+            help="事前登録が必要か (whether residents register with the provider first).",
+        ),
+        click.option("--security-code-count", default=None, type=int, help="セキュリティコードの数 (1–3)."),
+        click.option("--verification", default=None, help="口座確認: registry or callback (add: registry)."),
+        click.option("--verify-url", default=None, help="照会APIのURL (verification = callback)."),
+        click.option("--grant-delivery", default=None, help="付与指示: pull or push (add: pull)."),
+        click.option("--webhook-url", default=None, help="WebhookのURL (grant delivery = push)."),
+        _provider_secret,
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _provider_changes(options: dict[str, Any]) -> dict[str, Any]:
+    """The settings given on the command line, as the services take them."""
+    given = {name: value for name, value in options.items() if value is not None and value != ()}
+    for name in ("charge_deadline", "application_deadline"):
+        if given.get(name) == _NO_DEADLINE:
+            given[name] = None
+    return given
+
+
+def _jst(moment: dt.datetime | None) -> str | None:
+    from mynapoint.clock import JST
+
+    return moment.astimezone(JST).isoformat(timespec="seconds") if moment else None
+
+
+def _provider_doc(provider: Any) -> dict[str, Any]:
+    from mynapoint.providers.selectors import api_keys_of
+    from mynapoint.providers.services import SETTINGS
+
+    doc: dict[str, Any] = {"key": provider.key}
+    for name in SETTINGS:
+        if name == "webhook_secret":
+            doc["webhook_secret_set"] = bool(provider.webhook_secret)  # never the secret itself
+        else:
+            value = getattr(provider, name)
+            doc[name] = value.isoformat() if isinstance(value, dt.date) else value
+    doc["api_keys"] = [
+        {
+            "prefix": row.prefix,
+            "label": row.label,
+            "created_at": _jst(row.created_at),
+            "revoked_at": _jst(row.revoked_at),
+            "last_used_at": _jst(row.last_used_at),
+        }
+        for row in api_keys_of(provider=provider)
+    ]
+    return doc
+
+
+def _provider_known(key: str) -> Any:
+    from mynapoint.providers.selectors import provider_by_key
+
+    provider = provider_by_key(key=key)
+    if provider is None:
+        raise _ProviderRefused(
+            f"unknown_provider (provider_key): 事業者 {key} は登録されていません / no provider {key!r}"
+        )
+    return provider
+
+
+def _print_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, ensure_ascii=False, indent=2, default=str))
+
+
+def _print_secret_once(secret: str) -> None:
+    click.echo(f"Webhook署名の鍵（一度だけ表示）/ webhook signing secret (shown once): {secret}")
+
+
+@providers.command("add")
+@click.argument("key")
+@_provider_settings_options
+@_provider_by
+@_provider_json
+def providers_add(key: str, who: str, as_json: bool, **options: Any) -> None:
+    """決済事業者を登録する (onboard a provider). KEY: its slug, which never changes.
+
+    Example: mynapoint providers add paypay --name-ja ペイペイ --kind qr --mode charge --mode purchase"""
+    _django()
+    from mynapoint.providers.services import ProviderError, onboard_provider
+
+    given = _provider_changes(options)
+    for name, option in (("name_ja", "--name-ja"), ("kind", "--kind"), ("modes", "--mode")):
+        if name not in given:
+            raise click.UsageError(f"{option} is required to onboard a provider")
+    try:
+        provider = onboard_provider(key=key, now=_now(), who=_office(who), **given)
+    except ProviderError as error:
+        raise _ProviderRefused.of(error) from None
+    generated = provider.webhook_secret if provider.webhook_secret and not given.get("webhook_secret") else ""
+    if as_json:
+        _print_json({**_provider_doc(provider), **({"webhook_secret": generated} if generated else {})})
+        return
+    click.echo(f"事業者を登録しました / provider onboarded: {provider.key} ({provider.name_ja})")
+    if generated:
+        _print_secret_once(generated)
+    click.echo(f"APIキー / an API key: mynapoint providers keys issue {provider.key} --label LABEL")
+
+
+@providers.command("update")
+@click.argument("key")
+@_provider_settings_options
+@click.option(
+    "--active/--inactive",
+    default=None,
+    help="停止中の事業者のAPIキーは拒否されます (inactive: keys refused).",
+)
+@click.option("--new-webhook-secret", is_flag=True, help="Generate a new signing secret (shown once).")
+@_provider_by
+@_provider_json
+def providers_update(key: str, new_webhook_secret: bool, who: str, as_json: bool, **options: Any) -> None:
+    """決済事業者の設定を変更する (edit a provider: only the settings given change; the key never does).
+
+    Refused: removing a mode or measure residents applied with, changing the number of security codes while
+    declared accounts keep the old one, moving a deadline earlier to a day already past (decision Q14)."""
+    _django()
+    from mynapoint.providers.services import ProviderError, update_provider
+
+    changes = _provider_changes(options)
+    if new_webhook_secret:
+        if "webhook_secret" in changes:
+            raise click.UsageError("give --webhook-secret or --new-webhook-secret, not both")
+        changes["webhook_secret"] = ""  # as at onboarding: generated when the provider is signed for
+    if not changes:
+        raise click.UsageError("nothing to change: give at least one setting (see --help)")
+    try:
+        result = update_provider(provider_key=key, now=_now(), who=_office(who), **changes)
+    except ProviderError as error:
+        raise _ProviderRefused.of(error) from None
+    provider = result.provider
+    generated = (
+        provider.webhook_secret
+        if "webhook_secret" in result.changed
+        and provider.webhook_secret
+        and not changes.get("webhook_secret")
+        else ""
+    )
+    if as_json:
+        doc = {"changed": list(result.changed), "provider": _provider_doc(provider)}
+        _print_json({**doc, **({"webhook_secret": generated} if generated else {})})
+        return
+    if not result.changed:
+        click.echo(f"{provider.key}: 変更なし / nothing changed")
+        return
+    click.echo(f"{provider.key}: 変更しました / changed {', '.join(result.changed)} (監査ログ / audit log)")
+    if generated:
+        _print_secret_once(generated)
+
+
+@providers.command("list")
+@_provider_json
+def providers_list(as_json: bool) -> None:
+    """決済事業者の一覧 (every provider, active or not)."""
+    _django()
+    from mynapoint.providers.selectors import all_providers
+
+    docs = [_provider_doc(provider) for provider in all_providers()]
+    if as_json:
+        _print_json(docs)
+        return
+    table = Table("key", "事業者名", "kind", "modes", "measures", "付与 grants", "口座確認", "期限 deadlines",
+                  "active", "keys")  # fmt: skip
+    for doc in docs:
+        days = f" {doc['grant_schedule_days']}" if doc["grant_schedule_days"] else ""
+        table.add_row(
+            doc["key"], doc["name_ja"], doc["kind"], ",".join(doc["modes"]), ",".join(doc["measures"]),
+            f"{doc['grant_schedule']}{days} / {doc['grant_delivery']}", doc["verification"],
+            f"{doc['charge_deadline'] or '—'} / {doc['application_deadline'] or '—'}",
+            "yes" if doc["active"] else "no", str(sum(1 for k in doc["api_keys"] if not k["revoked_at"])),
+        )  # fmt: skip
+    _console().print(table)
+
+
+@providers.command("show")
+@click.argument("key")
+@_provider_json
+def providers_show(key: str, as_json: bool) -> None:
+    """決済事業者の設定とAPIキー (a provider's settings and API keys; never a key or the signing secret)."""
+    _django()
+    doc = _provider_doc(_provider_known(key))
+    if as_json:
+        _print_json(doc)
+        return
+    table = Table("設定 setting", "value", title=f"{doc['key']}: {doc['name_ja']}")
+    for name, value in doc.items():
+        if name != "api_keys":
+            shown = (
+                ", ".join(value) if isinstance(value, list) else "—" if value in (None, "") else str(value)
+            )
+            table.add_row(name, shown)
+    keys = Table("prefix", "label", "created", "revoked", "last used", title="APIキー / API keys")
+    for row in doc["api_keys"]:
+        keys.add_row(row["prefix"], row["label"], row["created_at"], row["revoked_at"] or "—",
+                     row["last_used_at"] or "—")  # fmt: skip
+    console = _console()
+    console.print(table)
+    console.print(keys)
+
+
+@providers.group("keys")
+def providers_keys() -> None:
+    """APIキーの発行・切替・失効 (API keys: issue, rotate, revoke)."""
+
+
+def _print_new_key(provider: Any, plaintext: str, row: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json({"provider": provider.key, "api_key": plaintext, "prefix": row.prefix, "label": row.label,
+                     "created_at": _jst(row.created_at)})  # fmt: skip
+        return
+    click.echo(
+        "APIキー（一度だけ表示します。安全に事業者へ渡してください）/ "
+        "API key (shown once: hand it to the provider securely):",
+        err=True,
+    )
+    click.echo(plaintext)
+    click.echo(f"prefix {row.prefix} ({provider.key}, {row.label or 'no label'})", err=True)
+
+
+@providers_keys.command("issue")
+@click.argument("key")
+@click.option("--label", default="", help="What the key is for (e.g. production, staging).")
+@_provider_by
+@_provider_json
+def providers_keys_issue(key: str, label: str, who: str, as_json: bool) -> None:
+    """APIキーを発行する (issue an API key; printed once, only its hash is kept)."""
+    _django()
+    from mynapoint.providers.services import ProviderError, issue_api_key
+
+    provider = _provider_known(key)
+    try:
+        plaintext, row = issue_api_key(provider=provider, label=label, now=_now(), who=_office(who))
+    except ProviderError as error:
+        raise _ProviderRefused.of(error) from None
+    _print_new_key(provider, plaintext, row, as_json)
+
+
+@providers_keys.command("rotate")
+@click.argument("key")
+@click.option("--label", default="", help="What the new key is for.")
+@_provider_by
+@_provider_json
+def providers_keys_rotate(key: str, label: str, who: str, as_json: bool) -> None:
+    """APIキーを切り替える (a new key; the old ones keep working until `keys revoke`, so there is no gap)."""
+    _django()
+    from mynapoint.providers.selectors import api_keys_of
+    from mynapoint.providers.services import ProviderError, rotate_api_key
+
+    provider = _provider_known(key)
+    try:
+        plaintext, row = rotate_api_key(provider=provider, label=label, now=_now(), who=_office(who))
+    except ProviderError as error:
+        raise _ProviderRefused.of(error) from None
+    _print_new_key(provider, plaintext, row, as_json)
+    if not as_json:
+        old = [k.prefix for k in api_keys_of(provider=provider) if k.revoked_at is None and k.pk != row.pk]
+        if old:
+            click.echo(
+                f"旧キーは失効させるまで有効です / still valid until revoked: {', '.join(old)} "
+                f"(mynapoint providers keys revoke {provider.key} PREFIX)",
+                err=True,
+            )
+
+
+@providers_keys.command("revoke")
+@click.argument("key")
+@click.argument("prefix")
+@_provider_by
+def providers_keys_revoke(key: str, prefix: str, who: str) -> None:
+    """APIキーを失効させる (revoke the key of PREFIX, as `providers show` lists it; refused with 401 from then)."""
+    _django()
+    from mynapoint.providers.selectors import api_key_by_prefix
+    from mynapoint.providers.services import revoke_api_key
+
+    provider = _provider_known(key)
+    row = api_key_by_prefix(provider=provider, prefix=prefix)
+    if row is None:
+        raise _ProviderRefused(
+            f"unknown_api_key (prefix): {provider.key} にプレフィックス {prefix} のAPIキーはありません / "
+            f"{provider.key} has no API key {prefix!r}"
+        )
+    before = row.revoked_at
+    row = revoke_api_key(key=row, now=_now(), who=_office(who))
+    if before is not None:
+        click.echo(f"{row.prefix}: 失効済み / already revoked at {_jst(row.revoked_at)}")
+        return
+    click.echo(f"{row.prefix}: 失効しました / revoked ({provider.key}, {row.label or 'no label'})")
 
 
 # ------------------------------------------------------------------------------------------- audit

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
 
-from mynapoint.audit.services import Actor, record
+from mynapoint.audit.services import Actor
 from mynapoint.grants.models import Grant
 from mynapoint.grants.worker import GrantWorker
 from mynapoint.identity.jpki.ca import load_ca, make_test_ca, publish_crl, save_ca
@@ -33,7 +32,14 @@ from mynapoint.identity.models import Resident
 from mynapoint.identity.services import declare_profile, issue_login_challenge, login_with_jpki
 from mynapoint.providers.models import GrantDelivery, GrantSchedule, Provider, Verification
 from mynapoint.providers.selectors import api_key_for, link_ref
-from mynapoint.providers.services import AccountDeclaration, declare_accounts, issue_api_key, onboard_provider
+from mynapoint.providers.services import (
+    AccountDeclaration,
+    ProviderChanges,
+    declare_accounts,
+    issue_api_key,
+    onboard_provider,
+    update_provider,
+)
 from mynapoint.sandbox import services as sandbox
 
 __all__ = [
@@ -110,7 +116,7 @@ def _onboard(spec: dict[str, Any], *, webhook_url: str, webhook_secret: str, now
     """Onboard a demo provider, or bring an existing one to the demo's settings (its webhook follows the
     port the demo serves on)."""
     push = spec["grant_delivery"] == GrantDelivery.PUSH
-    wanted = {
+    wanted: ProviderChanges = {
         "grant_schedule": spec["grant_schedule"],
         "grant_schedule_days": 0,
         "verification": spec["verification"],
@@ -131,22 +137,7 @@ def _onboard(spec: dict[str, Any], *, webhook_url: str, webhook_secret: str, now
             now=now,
             who=SETUP,
         )
-    before = {name: getattr(provider, name) for name in wanted}
-    if before != wanted:  # demo data only: there is no "edit a provider" use case yet
-        hidden = {"webhook_secret"}
-        with transaction.atomic(durable=True):
-            Provider.objects.filter(pk=provider.pk).update(**wanted)
-            record(
-                who=SETUP,
-                action="provider_demo_settings",
-                subject_type="provider",
-                subject_id=provider.key,
-                before={k: v for k, v in before.items() if k not in hidden},
-                after={k: v for k, v in wanted.items() if k not in hidden},
-                at=now,
-            )
-        provider.refresh_from_db()
-    return provider
+    return update_provider(provider_key=provider.key, now=now, who=SETUP, **wanted).provider
 
 
 def _setup_sandbox_provider(*, server_url: str, now: dt.datetime, echo: Callable[[str], object]) -> None:

@@ -73,9 +73,12 @@ def test_apply_charge_20000_receive_5000_points_and_spend_them_at_a_shop(
     assert "報告済 / reported to the platform" in charged.stdout
     assert "残高 / balance 20,000 円" in charged.stdout
 
+    # the points are credited when the grant arrives (webhook or pull); the acknowledgement follows in its own call
     deadline = time.monotonic() + 30
     seen = wallet(env, url, "4000-0001")
-    while seen["points_balance"] < 5000 and time.monotonic() < deadline:
+    while (seen["points_balance"] < 5000 or not all(g["acknowledged"] for g in seen["grants"])) and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.5)
         seen = wallet(env, url, "4000-0001")
     assert seen["points_balance"] == 5000, log.read_text()

@@ -845,3 +845,76 @@ def test_the_clock_is_the_platforms(api: ProviderClient) -> None:
     clock.start_at(NOW + dt.timedelta(days=2))
     future = tx("t-1", at=(NOW + dt.timedelta(days=1)).isoformat())
     assert api.post("/transactions", future).json()["status"] == "created"
+
+
+# ------------------------------------------------------------------------------------------ the one error shape
+
+
+@pytest.mark.parametrize("with_key", [True, False])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("get", "/nope"), ("post", "/nope"), ("put", "/links/extra"), ("delete", "/v2/grants"), ("get", "/")],
+)
+def test_an_unknown_path_under_the_prefix_is_a_404_in_the_error_shape(
+    api: ProviderClient, method: str, path: str, with_key: bool
+) -> None:
+    headers = {"HTTP_X_API_KEY": api.key} if with_key else {}
+    answer = getattr(api.client, method)(f"{API}{path}", **headers)  # a POST without a CSRF token too
+    assert answer["Content-Type"].startswith("application/json")
+    message = error(answer, 404, "unknown_path")
+    assert f"{method.upper()} {API}{path}" in message  # says what was asked for ...
+    assert "docs/provider-api.md" in message  # ... and where the operations are
+    assert f"{API}/openapi.json" in message
+
+
+def test_a_path_with_a_trailing_slash_says_paths_end_without_one(api: ProviderClient) -> None:
+    message = error(api.client.get(f"{API}/links/", HTTP_X_API_KEY=api.key), 404, "unknown_path")
+    assert "without a slash" in message
+    assert "without a slash" not in error(api.client.get(f"{API}/", HTTP_X_API_KEY=api.key), 404)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("delete", "/links", "GET"),
+        ("post", "/grants", "GET"),
+        ("put", "/grants/ack", "POST"),
+        ("get", "/transactions", "POST"),
+        ("patch", "/stops", "POST"),
+        ("get", "/accounts/A-1", "DELETE"),
+        ("post", "/accounts", "PUT"),
+    ],
+)
+def test_a_wrong_method_on_a_known_path_is_a_405_naming_the_allowed_methods(
+    api: ProviderClient, method: str, path: str, allowed: str
+) -> None:
+    answer = getattr(api.client, method)(f"{API}{path}", HTTP_X_API_KEY=api.key)
+    message = error(answer, 405, "method_not_allowed")
+    assert answer["Allow"] == allowed
+    assert f"{method.upper()} is not allowed on {API}{path}; use {allowed}" in message
+    # the same without a key: the method is wrong whoever asks
+    error(getattr(api.client, method)(f"{API}{path}"), 405, "method_not_allowed")
+
+
+def test_http404_raised_inside_an_operation_is_in_the_error_shape() -> None:
+    from django.http import Http404
+    from django.test import RequestFactory
+
+    from mynapoint.api.provider import api as provider_api
+
+    request = RequestFactory().get(f"{API}/grants")
+    answer = provider_api.on_exception(request, Http404("No Grant matches the given query."))
+    assert answer.status_code == 404
+    body = json.loads(answer.content)
+    assert body["code"] == "not_found"
+    assert set(body) == {"code", "message"}
+    assert f"not found: GET {API}/grants" in body["message"]
+    assert "Grant matches" not in body["message"]  # Django's text names a model: not for providers
+
+
+def test_the_error_statuses_are_documented() -> None:
+    contract = (Path(__file__).resolve().parents[2] / "docs" / "provider-api.md").read_text(encoding="utf-8")
+    for status in ("400", "401", "403", "404", "405", "409", "413", "422", "500"):
+        assert f"| {status} |" in contract, status
+    for code in ("unknown_path", "method_not_allowed", "not_found"):
+        assert f"`{code}`" in contract, code

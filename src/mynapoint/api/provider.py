@@ -2,8 +2,9 @@
 
 Header ``X-API-Key`` (stored hashed; a revoked or unknown key is a 401). Every answer that is not a success
 has one shape, ``{code, message}``, the message in Japanese, then `` / `` and English, naming the field (and
-in batches the item index). Operations parse input, call one service or selector, and answer. The schema is
-exported by :func:`export_schema` and committed as docs/openapi/provider-v1.json; a test fails on drift.
+in batches the item index), an unknown path under the prefix (404) and a wrong method (405) included.
+Operations parse input, call one service or selector, and answer. The schema is exported by
+:func:`export_schema` and committed as docs/openapi/provider-v1.json; a test fails on drift.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import io
 import json
 import logging
 from collections.abc import Callable, Iterable
+from functools import wraps
 from typing import Annotated, Any, Final, Literal
 
 import polars as pl
 import pydantic
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.http.response import HttpResponseBase
+from django.urls import URLPattern, URLResolver, re_path
+from django.views.decorators.csrf import csrf_exempt
 from ninja import File, NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.files import UploadedFile
@@ -28,7 +33,7 @@ from ninja.security import APIKeyHeader
 from pydantic import AwareDatetime, Field, SkipValidation, field_validator
 
 from mynapoint import clock
-from mynapoint.applications.models import ApplicationStatus, PointApplication
+from mynapoint.applications.selectors import link_notices
 from mynapoint.applications.stops import StopError, record_stop
 from mynapoint.applications.transactions import (
     CHARGE_SCHEMA,
@@ -49,11 +54,11 @@ from mynapoint.applications.transactions import (
 )
 from mynapoint.audit.services import Actor
 from mynapoint.grants.models import Grant, GrantStatus
-from mynapoint.grants.outbox import grant_item
+from mynapoint.grants.selectors import grant_instructions
 from mynapoint.grants.services import acknowledge_grant
 from mynapoint.identity.mynumber import MyNumberRefused, refuse_my_number
 from mynapoint.providers.models import Provider, ProviderApiKey
-from mynapoint.providers.selectors import api_key_for, link_ref
+from mynapoint.providers.selectors import api_key_for
 from mynapoint.providers.services import (
     MAX_DECLARED_ACCOUNTS,
     AccountDeclaration,
@@ -71,7 +76,20 @@ PATH_PREFIX: Final = "/api/provider/v1"
 MAX_CSV_BYTES: Final = 16 * 1024 * 1024
 CSV_HEADER: Final = ("kind", "txid", "service_id", "amount", "at", "refund_id", "of_txid")
 
-api = NinjaAPI(
+
+class _ProviderApi(NinjaAPI):
+    """A NinjaAPI whose URL patterns answer in the one error shape where ninja and Django would answer on
+    their own: a path under the prefix that is no operation (404, Django's page otherwise), a method the
+    path's operations do not take (405, ninja's plain text otherwise)."""
+
+    @property
+    def urls(self) -> tuple[list[URLResolver | URLPattern], str, str]:
+        patterns, app_name, namespace = super().urls
+        shaped = [_in_error_shape(pattern) for pattern in patterns]
+        return [*shaped, re_path(r"^", _unknown_path, name="unknown")], app_name, namespace
+
+
+api = _ProviderApi(
     title="mynapoint provider API",
     version="1",
     urls_namespace="provider_api",
@@ -156,7 +174,57 @@ def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 
 @api.exception_handler(Http404)
 def _not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
-    return _error(request, 404, "not_found", "見つかりません", "not found")
+    where = f"{request.method} {request.path}"
+    return _error(request, 404, "not_found", f"見つかりません（{where}）", f"not found: {where}")
+
+
+_OPERATIONS_ARE: Final = f"docs/provider-api.md, {PATH_PREFIX}/openapi.json"
+
+
+@csrf_exempt  # no cookies: a POST to an unknown path is a 404 like any other, not a CSRF failure
+def _unknown_path(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    inside = request.path.rstrip("/") != PATH_PREFIX
+    slash = " (paths end without a slash)" if inside and request.path.endswith("/") else ""
+    return _error(
+        request,
+        404,
+        "unknown_path",
+        f"{request.path} という操作はありません（一覧: {_OPERATIONS_ARE}）",
+        f"no operation at {request.method} {request.path}{slash}; the operations are in {_OPERATIONS_ARE}",
+    )
+
+
+def _method_not_allowed(request: HttpRequest, allowed: str) -> HttpResponse:
+    answer = _error(
+        request,
+        405,
+        "method_not_allowed",
+        f"{request.path} に {request.method} は使えません（使えるのは {allowed}）",
+        f"{request.method} is not allowed on {request.path}; use {allowed}",
+    )
+    answer["Allow"] = allowed
+    return answer
+
+
+def _in_error_shape(pattern: URLPattern | URLResolver) -> URLPattern | URLResolver:
+    """The same URL pattern, its view answering a wrong method (ninja's 405) and the API root (ninja raises
+    Http404 there, outside any operation) in the error shape."""
+    if not isinstance(pattern, URLPattern):
+        return pattern
+    view = pattern.callback
+
+    @wraps(view)
+    def shaped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        try:
+            answer: HttpResponseBase = view(request, *args, **kwargs)
+        except Http404:
+            return _unknown_path(request)
+        if isinstance(answer, HttpResponseNotAllowed):
+            return _method_not_allowed(request, answer["Allow"])
+        return answer
+
+    shaped.csrf_exempt = True  # type: ignore[attr-defined]  # as ninja's own views
+    return URLPattern(pattern.pattern, shaped, pattern.default_args, pattern.name)
 
 
 @api.exception_handler(RequestDataTooBig)
@@ -332,13 +400,22 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 
 
 class LinkItem(Schema):
+    cursor: int = Field(description="この通知の位置（カーソル） / this notice's position")
+    link_id: int = Field(
+        description="紐づけの番号: 同じ紐づけの通知はすべて同じ / the link, the same in all its notices"
+    )
+    event: Literal["linked", "voided", "stopped", "moved", "merged"] = Field(
+        description="linked: 紐づけ / voided: 重複したマイキーIDの統合で無効 / stopped: 紐づけ停止（死亡） / "
+        "moved: カード再発行で service_id へ移行 / merged: 重複したマイキーIDの統合で link_ref が変更"
+    )
     link_ref: str = Field(description="この事業者だけに通じる利用者の仮名（マイキーIDではない）")
     measure: str
     mode: str
-    service_id: str
-    linked_at: dt.datetime
-    status: Literal["linked", "voided"]
-    cursor: int = Field(description="この通知のカーソル")
+    service_id: str = Field(description="この通知の後、紐づけのある決済サービスID")
+    previous_service_id: str | None = Field(description="moved: 再発行前の決済サービスID（ほかは null）")
+    linked_at: dt.datetime = Field(description="紐づけ（申込）の日時")
+    changed_at: dt.datetime = Field(description="この変更をプラットフォームが記録した日時")
+    status: Literal["linked", "voided", "stopped"] = Field(description="この通知の後の紐づけの状態")
 
 
 class LinksPage(Schema):
@@ -351,35 +428,18 @@ class LinksPage(Schema):
     auth=api_key,
     response={200: LinksPage, **_errors(422)},
     summary="紐づけ通知（カーソル）",
+    description="Every change of a link, in order: made (`linked`), voided when a duplicate MyKey ID is merged "
+    "(`voided`), moved to the original resident's `link_ref` by such a merge (`merged`), stopped on a death "
+    "(`stopped`), carried to a replacement card (`moved`). Each notice has its own position and the link's "
+    "state after it; a change of a link already pulled comes again after the cursor. The same `after` gives "
+    "the same page.",
 )
 def get_links(
     request: HttpRequest,
     after: After = 0,
     limit: Limit = 100,
 ) -> Any:
-    provider = _provider(request)
-    applications = list(
-        PointApplication.objects.select_related("account")
-        .filter(
-            account__provider=provider,
-            status__in=[ApplicationStatus.ACCEPTED, ApplicationStatus.VOIDED],
-            id__gt=after,
-        )
-        .order_by("id")[:limit]
-    )
-    items = [
-        {
-            "link_ref": link_ref(provider_key=provider.key, resident_id=app.resident_id),
-            "measure": app.measure,
-            "mode": app.mode,
-            "service_id": app.account.service_id,
-            "linked_at": app.applied_at,
-            "status": "linked" if app.status == ApplicationStatus.ACCEPTED else "voided",
-            "cursor": app.pk,
-        }
-        for app in applications
-    ]
-    return {"next_cursor": applications[-1].pk if applications else after, "items": items}
+    return link_notices(provider=_provider(request), after=after, limit=limit)
 
 
 # ------------------------------------------------------------------------------------------------ transactions
@@ -662,18 +722,7 @@ def get_grants(
     after: After = 0,
     limit: Limit = 100,
 ) -> Any:
-    provider = _provider(request)
-    grants = list(
-        Grant.objects.select_related("account").filter(provider=provider, id__gt=after).order_by("id")[:limit]
-    )
-
-    def ref(grant: Grant) -> str:
-        return link_ref(provider_key=provider.key, resident_id=grant.resident_id)
-
-    return {
-        "next_cursor": grants[-1].pk if grants else after,
-        "items": [grant_item(grant, ref) for grant in grants],
-    }
+    return grant_instructions(provider=_provider(request), after=after, limit=limit)
 
 
 class AckItem(Schema):

@@ -114,3 +114,58 @@ class AccountReplacement(models.Model):
     to_account = models.ForeignKey(PaymentAccount, on_delete=models.PROTECT, related_name="+")
     at = models.DateTimeField()
     accepted = models.BooleanField()
+
+
+class LinkStatus(models.TextChoices):
+    """A link's state as its provider is told (``GET /links``)."""
+
+    LINKED = "linked", "紐づけ中"
+    VOIDED = "voided", "無効（重複）"
+    STOPPED = "stopped", "紐づけ停止（死亡）"
+
+
+class LinkEventKind(models.TextChoices):
+    LINKED = "linked", "紐づけ"
+    VOIDED = "voided", "無効（重複したマイキーIDの統合）"
+    STOPPED = "stopped", "紐づけ停止（死亡）"
+    MOVED = "moved", "カード再発行による移行"
+    MERGED = "merged", "重複したマイキーIDの統合（別の利用者の仮名へ）"
+
+
+class LinkEvent(models.Model):
+    """One change of a link (an accepted point application) as its provider hears of it: appended, never
+    changed (database triggers refuse updates and deletes). ``position`` is what the provider's cursor pages
+    over (``GET /links``): per provider, increasing, and committed in that order (:class:`LinkSequence`), so a
+    provider pulling from its last cursor sees every later change of a link it has already seen.
+
+    Each event keeps the link's state after it: whose link it is (``resident``: her per-provider
+    ``link_ref``), the account it is on, and its status."""
+
+    provider = models.ForeignKey("providers.Provider", on_delete=models.PROTECT, related_name="+")
+    position = models.BigIntegerField()
+    application = models.ForeignKey(PointApplication, on_delete=models.PROTECT, related_name="link_events")
+    kind = models.CharField(max_length=10, choices=LinkEventKind.choices)
+    status = models.CharField(max_length=10, choices=LinkStatus.choices)
+    resident = models.ForeignKey(Resident, on_delete=models.PROTECT, related_name="+")
+    account = models.ForeignKey(PaymentAccount, on_delete=models.PROTECT, related_name="+")
+    previous_account = models.ForeignKey(
+        PaymentAccount, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    at = models.DateTimeField()  # when the platform recorded the change
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "position"], name="link_event_position_once")
+        ]
+        indexes = [models.Index(fields=["application", "position"])]
+
+
+class LinkSequence(models.Model):
+    """The last position given to a provider's link events. Its row is updated (and so locked until commit)
+    by every transaction that appends a link event for the provider: their positions commit in order, and a
+    cursor never passes a position that a transaction still open would take."""
+
+    provider = models.OneToOneField(
+        "providers.Provider", primary_key=True, on_delete=models.PROTECT, related_name="+"
+    )
+    last = models.BigIntegerField(default=0)

@@ -1,4 +1,5 @@
-"""Reading a resident's history from the database, in the shape the rules engine takes.
+"""Reading a resident's history from the database, in the shape the rules engine takes; and the link notices
+a provider pulls (:func:`link_notices`).
 
 The platform never decides a rule itself: it gathers the facts (the resident, recorded decisions,
 registrations, transactions, refunds, replacements), hands them to :mod:`mynapoint.rules`, and stores what
@@ -19,12 +20,14 @@ from mynapoint.applications.models import (
     ApplicationStatus,
     HealthInsuranceRegistration,
     HolderRole,
+    LinkEvent,
     PaymentAccount,
     PointApplication,
     PublicFundRegistration,
 )
 from mynapoint.identity.models import Resident
 from mynapoint.providers.models import Provider, ProviderRefund, ProviderTransaction
+from mynapoint.providers.selectors import link_ref
 from mynapoint.rules.engine import ResidentHistory, ResidentResult, evaluate_resident
 from mynapoint.rules.model import (
     Account,
@@ -42,7 +45,17 @@ from mynapoint.rules.model import (
 from mynapoint.rules.model import Provider as RulesProvider
 from mynapoint.rules.parameters import Parameters, load_parameters
 
-__all__ = ["UNKNOWN_BIRTH", "account_key", "parameters", "person_of", "resident_history", "resident_status"]
+__all__ = [
+    "UNKNOWN_BIRTH",
+    "LinkNotice",
+    "LinkNoticePage",
+    "account_key",
+    "link_notices",
+    "parameters",
+    "person_of",
+    "resident_history",
+    "resident_status",
+]
 
 UNKNOWN_BIRTH = dt.date(1900, 1, 1)  # only used to replay histories of residents who never declared one
 
@@ -224,3 +237,57 @@ def resident_status(
 def statuses_for(residents: Iterable[Resident], *, as_of: dt.date) -> dict[str, ResidentResult]:
     params = parameters()
     return {r.mykey_id: resident_status(r, as_of=as_of, params=params) for r in residents}
+
+
+# ------------------------------------------------------------------------------------------ link notices
+
+
+@dataclass(frozen=True, slots=True)
+class LinkNotice:
+    """One link event as its provider sees it (``GET /links``): never the resident's identity, only her
+    per-provider pseudonym ``link_ref``. ``link_id`` names the link across its events."""
+
+    cursor: int
+    link_id: int
+    event: str
+    link_ref: str
+    measure: str
+    mode: str
+    service_id: str
+    previous_service_id: str | None
+    linked_at: dt.datetime
+    changed_at: dt.datetime
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkNoticePage:
+    next_cursor: int
+    items: list[LinkNotice]
+
+
+def link_notices(*, provider: Provider, after: int, limit: int) -> LinkNoticePage:
+    """The provider's link events after position ``after``, in order, at most ``limit``. ``next_cursor`` is the
+    last one's position, or ``after`` when there is none. The same cursor gives the same page again."""
+    events = list(
+        LinkEvent.objects.select_related("application", "account", "previous_account")
+        .filter(provider=provider, position__gt=after)
+        .order_by("position")[:limit]
+    )
+    items = [
+        LinkNotice(
+            cursor=event.position,
+            link_id=event.application_id,
+            event=event.kind,
+            link_ref=link_ref(provider_key=provider.key, resident_id=event.resident_id),
+            measure=event.application.measure,
+            mode=event.application.mode,
+            service_id=event.account.service_id,
+            previous_service_id=event.previous_account.service_id if event.previous_account else None,
+            linked_at=event.application.applied_at,
+            changed_at=event.at,
+            status=event.status,
+        )
+        for event in events
+    ]
+    return LinkNoticePage(next_cursor=items[-1].cursor if items else after, items=items)

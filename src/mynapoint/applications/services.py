@@ -12,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import F
 from django.utils.module_loading import import_string
 
 from mynapoint.applications.adapters import provider_adapter
@@ -20,6 +21,10 @@ from mynapoint.applications.models import (
     ApplicationStatus,
     HealthInsuranceRegistration,
     HolderRole,
+    LinkEvent,
+    LinkEventKind,
+    LinkSequence,
+    LinkStatus,
     Measure,
     PaymentAccount,
     PointApplication,
@@ -232,6 +237,11 @@ def apply_for_measure(
         )
         if decision.accepted and account.linked_resident_id is None:
             PaymentAccount.objects.filter(pk=account.pk).update(linked_resident=me, linked_at=now)
+        if decision.accepted:
+            status = LinkStatus.STOPPED if me.died is not None else LinkStatus.LINKED
+            _append_link_events(
+                [_LinkChange(application, LinkEventKind.LINKED, status, me.pk, account)], at=now
+            )
         record(
             who=who,
             action="point_application",
@@ -448,6 +458,86 @@ def record_public_fund_registration(
 
 # ------------------------------------------------------------------------------------------ link changes
 
+# Every change of a link is appended to its provider's link events (LinkEvent), which GET /links pages over:
+# linked (an accepted application), voided and merged (a duplicate MyKey ID merged), stopped (a death), moved
+# (a lost card replaced). Each event keeps the link's state after it. Positions are taken from the provider's
+# LinkSequence row, whose update locks it until commit, after every other lock of the use case (so no cycle).
+
+
+@dataclass(frozen=True, slots=True)
+class _LinkChange:
+    application: PointApplication
+    kind: str  # LinkEventKind
+    status: str  # LinkStatus after the change
+    resident_id: int  # whose link it is after the change
+    account: PaymentAccount  # the account it is on after the change
+    previous_account_id: int | None = None
+
+
+def _take_positions(provider_id: int, count: int) -> int:
+    """Reserve ``count`` positions of a provider's link events; returns the last one. The sequence row stays
+    locked until the transaction ends, so the provider's positions commit in the order they are taken."""
+    if not LinkSequence.objects.filter(provider_id=provider_id).update(last=F("last") + count):
+        try:
+            with transaction.atomic():
+                LinkSequence.objects.create(provider_id=provider_id, last=count)
+        except IntegrityError:  # made at the same moment by another transaction (now committed)
+            LinkSequence.objects.filter(provider_id=provider_id).update(last=F("last") + count)
+        else:
+            return count
+    return int(LinkSequence.objects.values_list("last", flat=True).get(provider_id=provider_id))
+
+
+def _append_link_events(changes: Sequence[_LinkChange], *, at: dt.datetime) -> None:
+    by_provider: dict[int, list[_LinkChange]] = {}
+    for change in changes:
+        by_provider.setdefault(change.account.provider_id, []).append(change)
+    for provider_id in sorted(by_provider):  # one order for every transaction: no deadlock between them
+        batch = by_provider[provider_id]
+        first = _take_positions(provider_id, len(batch)) - len(batch) + 1
+        LinkEvent.objects.bulk_create(
+            LinkEvent(
+                provider_id=provider_id,
+                position=first + offset,
+                application=change.application,
+                kind=change.kind,
+                status=change.status,
+                resident_id=change.resident_id,
+                account=change.account,
+                previous_account_id=change.previous_account_id,
+                at=at,
+            )
+            for offset, change in enumerate(batch)
+        )
+
+
+def _current_links(
+    applications: Sequence[PointApplication],
+) -> list[tuple[PointApplication, PaymentAccount, str]]:
+    """Each application's link now, from its last link event: the account it is on and its status (an
+    application with no event yet is on its own account, linked unless voided)."""
+    latest: dict[int, LinkEvent] = {}
+    events = LinkEvent.objects.select_related("account").filter(application__in=[a.pk for a in applications])
+    for event in events.order_by("application_id", "position"):
+        latest[event.application_id] = event
+    links: list[tuple[PointApplication, PaymentAccount, str]] = []
+    for app in applications:
+        last = latest.get(app.pk)
+        if last is not None:
+            links.append((app, last.account, last.status))
+        else:
+            voided = app.status == ApplicationStatus.VOIDED
+            links.append((app, app.account, LinkStatus.VOIDED if voided else LinkStatus.LINKED))
+    return links
+
+
+def _accepted(resident_id: int) -> list[PointApplication]:
+    return list(
+        PointApplication.objects.select_related("account")
+        .filter(resident_id=resident_id, status=ApplicationStatus.ACCEPTED)
+        .order_by("id")
+    )
+
 
 def replace_lost_account(
     *,
@@ -457,8 +547,10 @@ def replace_lost_account(
     to_service_id: str,
     at: dt.datetime,
     who: Actor,
+    now: dt.datetime | None = None,
 ) -> AccountReplacement:
-    """A lost payment card replaced by its provider: the link and the cap carry over to the new account."""
+    """A lost payment card replaced by its provider: the link and the cap carry over to the new account from
+    ``at``; the links on the old account are announced as moved (recorded at ``now``, by default ``at``)."""
     provider = Provider.objects.get(key=provider_key)
     with transaction.atomic(durable=True):
         source = PaymentAccount.objects.get(provider=provider, service_id=from_service_id)
@@ -472,6 +564,13 @@ def replace_lost_account(
         )
         if accepted and target.linked_resident_id is None:
             PaymentAccount.objects.filter(pk=target.pk).update(linked_resident=resident, linked_at=at)
+        if accepted:
+            moved = [
+                _LinkChange(app, LinkEventKind.MOVED, status, resident.pk, target, source.pk)
+                for app, account, status in _current_links(_accepted(resident.pk))
+                if account.pk == source.pk
+            ]
+            _append_link_events(moved, at=now or at)
         record(
             who=who,
             action="account_replaced",
@@ -489,6 +588,13 @@ def record_death(*, resident: Resident, died: dt.date, now: dt.datetime, who: Ac
         me = _lock(Resident.objects.filter(pk=resident.pk)).get()
         before = {"died": me.died}
         Resident.objects.filter(pk=me.pk).update(died=died)
+        if me.died is None:  # 紐づけ停止: her links are announced as stopped
+            stopped = [
+                _LinkChange(app, LinkEventKind.STOPPED, LinkStatus.STOPPED, me.pk, account)
+                for app, account, status in _current_links(_accepted(me.pk))
+                if status == LinkStatus.LINKED
+            ]
+            _append_link_events(stopped, at=now)
         record(
             who=who,
             action="death_recorded",
@@ -513,12 +619,16 @@ def merge_duplicate_resident(
         )
     )
     moved, voided = [], []
+    links = {app.pk: (account, status) for app, account, status in _current_links(_accepted(duplicate.pk))}
+    changes: list[_LinkChange] = []
     for app in PointApplication.objects.filter(resident=duplicate).order_by("applied_at", "id"):
         if app.status == ApplicationStatus.ACCEPTED and app.measure in taken:
             PointApplication.objects.filter(pk=app.pk).update(
                 status=ApplicationStatus.VOIDED, rejection_code="already_applied"
             )
             voided.append(app.pk)
+            account, _ = links[app.pk]
+            changes.append(_LinkChange(app, LinkEventKind.VOIDED, LinkStatus.VOIDED, duplicate.pk, account))
             continue
         try:
             with transaction.atomic():
@@ -527,7 +637,12 @@ def merge_duplicate_resident(
             PointApplication.objects.filter(pk=app.pk).update(status=ApplicationStatus.VOIDED)
         if app.status == ApplicationStatus.ACCEPTED:
             taken.add(app.measure)
+            # the link is now the original's: announced under her link_ref
+            account, _ = links[app.pk]
+            status = LinkStatus.STOPPED if original.died is not None else LinkStatus.LINKED
+            changes.append(_LinkChange(app, LinkEventKind.MERGED, status, original.pk, account))
         moved.append(app.pk)
+    _append_link_events(changes, at=now)
     PaymentAccount.objects.filter(linked_resident=duplicate).update(linked_resident=original)
     for model in (HealthInsuranceRegistration, PublicFundRegistration, AccountReplacement):
         model.objects.filter(resident=duplicate).update(resident=original)

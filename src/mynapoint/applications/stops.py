@@ -8,6 +8,9 @@
   ``unchanged``; onto an account linked to another person it is ``refused`` (the link stays).
 - ``improper``: the provider reports 不当な取引 on the account. Only recorded (an audit event with the note)
   for the programme office to follow up; nothing is decided automatically.
+
+A death and an accepted replacement are announced to the provider as link events (``GET /links``: ``stopped``,
+``moved``), appended by the services they call.
 """
 
 from __future__ import annotations
@@ -161,10 +164,17 @@ def _replaced(
     if earlier is not None:
         return StopResult("unchanged" if earlier.accepted else "refused")
     # it takes effect from the start of the (JST) day the card was replaced, but never before the links it
-    # carries over were made (a card replaced on the day it was linked), nor after the notice
-    linked_until = PointApplication.objects.filter(
-        account=account, resident=resident, status=ApplicationStatus.ACCEPTED
-    ).aggregate(last=Max("applied_at"))["last"]
+    # carries over were made on this account (a card replaced on the day it was linked, or on the day it
+    # replaced another), nor after the notice
+    made = [
+        PointApplication.objects.filter(
+            account=account, resident=resident, status=ApplicationStatus.ACCEPTED
+        ).aggregate(last=Max("applied_at"))["last"],
+        AccountReplacement.objects.filter(resident=resident, to_account=account, accepted=True).aggregate(
+            last=Max("at")
+        )["last"],
+    ]
+    linked_until = max((when for when in made if when is not None), default=None)
     at = dt.datetime.combine(occurred_on, dt.time(0), tzinfo=JST)
     if linked_until is not None and linked_until > at:
         at = min(linked_until, now)
@@ -175,6 +185,7 @@ def _replaced(
         to_service_id=new_service_id,
         at=at,
         who=who,
+        now=now,
     )
     return StopResult("recorded" if replacement.accepted else "refused")
 

@@ -7,20 +7,27 @@ per-resident path by the rules' parity test), and posts the differences in chunk
 transaction; ``(resident, measure, ordinal)`` and the ledger's idempotency keys are unique, so a run killed at
 any point is simply run again, and two runs never post a point twice. ``tests/integration/test_grants_batch.py``
 checks that both engines instruct the same grants.
+
+Between reading and writing everything is column work in Polars. On PostgreSQL the facts are read with
+``COPY (SELECT …) TO STDOUT`` as CSV straight into Polars, and a chunk is written with one ``COPY … FROM
+STDIN`` per table, of CSV that Polars writes; elsewhere (SQLite) the same queries run through the ORM and the
+rows are inserted one by one. A ledger entry names the transactions behind a grant in time order.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import polars as pl
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Sum
+from django.db.models import Count, DateField, DateTimeField, QuerySet, Sum, Value
+from django.db.models.functions import Concat
 
 from mynapoint.applications.models import (
     AccountReplacement,
@@ -52,160 +59,329 @@ from mynapoint.rules.parameters import Parameters
 
 __all__ = ["load_frames", "run_grants_batch"]
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_EPOCH_DAY: Final = _EPOCH.date().toordinal()
+_US_PER_DAY: Final = 86_400_000_000
+_JST_US: Final = int(JST.utcoffset(None).total_seconds()) * 1_000_000  # a fixed offset: no summer time
+_I64, _I32, _STR = pl.Int64(), pl.Int32(), pl.String()
+
+# The facts read (see _queries), as columns: times in µs since the epoch, dates as proleptic ordinals.
+_COLUMNS: Final[dict[str, dict[str, pl.DataType]]] = {
+    "residents": {
+        "pk": _I64,
+        "mykey": _STR,
+        "died": _I32,
+        "phase1_applied": _I32,
+        "phase1_account": _STR,
+        "phase1_points": _I64,
+        "phase1_mode": _STR,
+    },
+    "applications": {
+        "pk": _I64,
+        "resident": _I64,
+        "measure": _STR,
+        "account": _I64,
+        "mode": _STR,
+        "at": _I64,
+    },
+    "accounts": {"pk": _I64, "provider": _I64, "key": _STR},
+    "replacements": {"pk": _I64, "resident": _I64, "source": _I64, "target": _I64, "at": _I64},
+    "transactions": {
+        "pk": _I64,
+        "account": _I64,
+        "kind": _STR,
+        "amount": _I64,
+        "at": _I64,
+        "provider": _I64,
+        "txid": _STR,
+    },
+    "refunds": {"tx": _I64, "amount": _I64, "at": _I64},
+    "health": {"resident": _I64, "at": _I64},
+    "fund": {"resident": _I64, "at": _I64},
+    "instructed": {"resident": _I64, "measure": _STR, "total": _I64, "n": _I64},
+}
 
 
-def _day(at: dt.datetime) -> int:
-    return at.astimezone(JST).date().toordinal()
+def _queries() -> dict[str, QuerySet[Any, tuple[Any, ...]]]:
+    """The query behind each table of :data:`_COLUMNS`, its columns in the same order (annotations last)."""
+    accepted = ApplicationStatus.ACCEPTED
+    queries: dict[str, QuerySet[Any, tuple[Any, ...]]] = {
+        "residents": Resident.objects.filter(merged_into__isnull=True).values_list(
+            "pk", "mykey_id", "died", "phase1_applied", "phase1_account", "phase1_points", "phase1_mode"
+        ),
+        "applications": PointApplication.objects.filter(status=accepted).values_list(
+            "pk", "resident_id", "measure", "account_id", "mode", "applied_at"
+        ),
+        "accounts": PaymentAccount.objects.annotate(
+            joined=Concat("provider__key", Value("/"), "service_id")  # as a phase-1 account is named
+        ).values_list("pk", "provider_id", "joined"),
+        "replacements": AccountReplacement.objects.filter(accepted=True).values_list(
+            "pk", "resident_id", "from_account_id", "to_account_id", "at"
+        ),
+        "transactions": ProviderTransaction.objects.values_list(
+            "pk", "account_id", "kind", "amount", "at", "provider_id", "txid"
+        ),
+        "refunds": ProviderRefund.objects.values_list("transaction_id", "amount", "at"),
+        "health": HealthInsuranceRegistration.objects.values_list("resident_id", "registered_at"),
+        "fund": PublicFundRegistration.objects.filter(status=accepted).values_list(
+            "resident_id", "registered_at"
+        ),
+        "instructed": Grant.objects.values("resident_id", "measure")
+        .annotate(total=Sum("amount"), n=Count("id"))
+        .values_list("resident_id", "measure", "total", "n"),
+    }
+    return {name: query.order_by() for name, query in queries.items()}  # in no order: sorted in Polars
 
 
-def _micros(at: dt.datetime) -> int:
-    return (at - _EPOCH) // dt.timedelta(microseconds=1)
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return (value - _EPOCH) // dt.timedelta(microseconds=1)
+    if isinstance(value, dt.date):
+        return value.toordinal()
+    return value
+
+
+def _copy_out(query: QuerySet[Any, tuple[Any, ...]]) -> bytes:
+    """The rows of a query as CSV, times and dates converted by PostgreSQL as :func:`_plain` converts them."""
+    compiler = query.query.get_compiler(connection=connection)
+    sql, params = compiler.as_sql()
+    columns = []
+    for i, (expression, _, _) in enumerate(compiler.select):
+        field = expression.output_field
+        if isinstance(field, DateTimeField):
+            columns.append(f"(EXTRACT(EPOCH FROM c{i}) * 1000000)::bigint")
+        elif isinstance(field, DateField):
+            columns.append(f"c{i} - DATE '0001-01-01' + 1")
+        else:
+            columns.append(f"c{i}")
+    names = ", ".join(f"c{i}" for i in range(len(columns)))
+    compose: Callable[[str, Any], str] = connection.ops.compose_sql  # type: ignore[attr-defined]  # PostgreSQL's
+    select = f"SELECT {', '.join(columns)} FROM ({compose(sql, params)}) AS q ({names})"  # noqa: S608 - the ORM's SQL
+    data = bytearray()
+    with (
+        connection.cursor() as cursor,
+        connection.wrap_database_errors,
+        cursor.cursor.copy(f"COPY ({select}) TO STDOUT (FORMAT csv)") as copy,
+    ):
+        for block in copy:
+            data += block
+    return bytes(data)
+
+
+def _read(names: list[str]) -> dict[str, pl.DataFrame]:
+    """Tables of :data:`_COLUMNS`: on PostgreSQL by COPY to CSV read by Polars, elsewhere through the ORM."""
+    queries = _queries()
+    frames = {}
+    for name in names:
+        schema = _COLUMNS[name]
+        if connection.vendor != "postgresql":
+            rows = [tuple(_plain(v) for v in row) for row in queries[name]]
+            frames[name] = pl.DataFrame(rows, schema=schema, orient="row")
+        elif data := _copy_out(queries[name]):
+            frames[name] = pl.read_csv(io.BytesIO(data), has_header=False, schema=schema)
+        else:
+            frames[name] = pl.DataFrame(schema=schema)
+    return frames
+
+
+def _day(column: str) -> pl.Expr:
+    """The JST day (proleptic ordinal) of a time in µs since the epoch."""
+    return ((pl.col(column) + _JST_US) // _US_PER_DAY + _EPOCH_DAY).cast(pl.Int32)
 
 
 @dataclass
 class _World:
     frames: BatchFrames
-    resident_ids: list[int]  # pid -> Resident.pk
-    mykey: dict[int, str]
-    # (resident pk, measure) -> (provider pk, account pk): where a measure's points go
-    targets: dict[tuple[int, str], tuple[int, int]]
-    pid_of: dict[int, int]  # Resident.pk -> pid
-    tx_keys: dict[
-        int, str
-    ]  # ProviderTransaction.pk -> "<provider id>:<txid>" as the per-resident path names it
+    residents: pl.DataFrame  # pid (= row number), resident (Resident.pk), mykey: every resident with a link
+    targets: pl.DataFrame  # resident, measure, provider, account, pid, mykey: where a measure's points go
+    # tx (ProviderTransaction.pk), seq, source: "transaction:<provider id>:<txid>" as the per-resident path
+    transactions: pl.DataFrame
 
 
 def load_frames(params: Parameters) -> _World:
     """The decided facts of every resident with a link, as the rules' batch columns."""
     providers = {p.pk: p for p in Provider.objects.all()}
-    apps = list(
-        PointApplication.objects.filter(status=ApplicationStatus.ACCEPTED).values_list(
-            "pk", "resident_id", "measure", "account_id", "mode", "applied_at", "account__provider_id"
+    t = _read(
+        ["residents", "applications", "accounts", "replacements", "transactions", "refunds", "health", "fund"]
+    )
+    accounts, reps = t["accounts"], t["replacements"]
+    apps = (  # accepted applications in the order they were made, with their account's provider
+        t["applications"]
+        .sort("at", "pk")
+        .join(
+            accounts.select(account="pk", provider="provider"),
+            on="account",
+            how="left",
+            maintain_order="left",
         )
     )
-    residents = {
-        r["pk"]: r
-        for r in Resident.objects.filter(merged_into__isnull=True).values(
-            "pk", "mykey_id", "died", "phase1_applied", "phase1_account", "phase1_points", "phase1_mode"
-        )
-    }
-    accounts_by_key: dict[str, tuple[int, int]] = {}
-    provider_of_account: dict[int, int] = {}
-    for pk, key, service_id, provider_pk in PaymentAccount.objects.values_list(
-        "pk", "provider__key", "service_id", "provider_id"
-    ):
-        accounts_by_key[f"{key}/{service_id}"] = (pk, provider_pk)
-        provider_of_account[pk] = provider_pk
-    linked = sorted({a[1] for a in apps} | {pk for pk, r in residents.items() if r["phase1_account"]})
-    linked = [pk for pk in linked if pk in residents]
-    pid_of = {pk: i for i, pk in enumerate(linked)}
     cap = params.premium_cap
-    targets: dict[tuple[int, str], tuple[int, int]] = {}
+    residents = (
+        t["residents"]
+        .with_columns(pl.col("phase1_account", "phase1_mode").fill_null(""))
+        .filter(pl.col("pk").is_in(apps["resident"].implode()) | (pl.col("phase1_account") != ""))
+        .sort("pk")
+        .with_row_index("pid")
+        .with_columns(
+            pl.col("pid").cast(pl.Int64),
+            carried=pl.col("phase1_applied").is_not_null() & (pl.col("phase1_account") != ""),
+        )
+        .with_columns(
+            remaining=pl.when("carried")
+            .then(pl.max_horizontal(pl.lit(0), cap - pl.col("phase1_points").fill_null(0)))
+            .otherwise(cap)
+        )
+    )
+    pid = residents.select("pk", "pid")
+    default_mode = {pk: sorted(p.modes or ["charge"])[0] for pk, p in providers.items()}
+    phase1 = (  # a phase-1 link carried into phase 2 (program.md D2): earns from the start of phase 2
+        residents.filter(
+            pl.col("carried")
+            & (pl.col("remaining") > 0)
+            & (pl.col("phase1_applied") <= params.phase1_application_cutoff_day)
+        )
+        .join(accounts.rename({"pk": "account"}), left_on="phase1_account", right_on="key", how="inner")
+        .sort("pid")
+        .select(
+            "pid",
+            resident="pk",
+            measure=pl.lit("premium"),
+            account="account",
+            provider="provider",
+            mode=pl.when(pl.col("phase1_mode") != "")
+            .then("phase1_mode")
+            .otherwise(pl.col("provider").replace_strict(default_mode, return_dtype=pl.String)),
+            seq=pl.lit(-1, pl.Int64),
+            day=pl.lit(params.phase2_start_day, pl.Int32),
+        )
+    )
+    involved = pl.concat([apps["account"], reps["target"], phase1["account"]])
+    txs = t["transactions"].filter(pl.col("account").is_in(involved.implode()))
 
     # ordering key for links, replacements and transactions: (time, kind, id) as the per-resident path
-    ordered: list[tuple[int, int, int, str]] = []
-    for app in apps:
-        ordered.append((_micros(app[5]), 0, app[0], "a"))
-    replacements = list(
-        AccountReplacement.objects.filter(accepted=True).values_list(
-            "pk", "resident_id", "from_account_id", "to_account_id", "at"
+    order = (
+        pl.concat(
+            [f.select("at", "pk", kind=pl.lit(k, pl.Int8)) for f, k in ((apps, 0), (reps, 1), (txs, 3))]
+        )
+        .sort("at", "kind", "pk")
+        .with_row_index("seq")
+        .select("kind", "pk", pl.col("seq").cast(pl.Int64))
+    )
+
+    def sequenced(frame: pl.DataFrame, kind: int) -> pl.DataFrame:
+        seqs = order.filter(pl.col("kind") == kind).drop("kind")
+        return frame.join(seqs, on="pk", how="left", maintain_order="left")
+
+    apps, reps, txs = sequenced(apps, 0), sequenced(reps, 1), sequenced(txs, 3)
+    links = pl.concat(  # phase-1 links first, then the applications in the order they were made
+        [
+            phase1,
+            apps.join(pid, left_on="resident", right_on="pk", how="inner", maintain_order="left").select(
+                "pid", "resident", "measure", "account", "provider", "mode", "seq", day=_day("at")
+            ),
+        ]
+    ).with_row_index("link")
+    premium = pl.col("measure") == "premium"
+
+    # a lost card's replacement carries a link over (§4); few residents have one, so their links are
+    # followed in Python: the accounts a premium link earns on, and the account a link's points go to now
+    by_resident: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    for row in reps.sort("seq").iter_rows(named=True):
+        by_resident[row["resident"]].append((row["seq"], row["source"], row["target"]))
+    replaced = links.filter(pl.col("resident").is_in(pl.Series(list(by_resident), dtype=pl.Int64).implode()))
+    chained: list[tuple[int, int, int, int, int]] = []
+    current: list[tuple[int, int]] = []
+    for link, link_pid, resident, measure, account, since in replaced.select(
+        "link", "pid", "resident", "measure", "account", "seq"
+    ).iter_rows():
+        chain = _accounts(link_pid, account, since, by_resident[resident])
+        current.append((link, chain[-1][1]))
+        if measure == "premium":
+            chained.extend((link, *row) for row in chain)
+    link_accounts = pl.concat(
+        [
+            links.filter(premium & ~pl.col("link").is_in(replaced["link"].implode())).select(
+                "link", "pid", "account", from_seq="seq", to_seq=pl.lit(SEQ_MAX, pl.Int64)
+            ),
+            pl.DataFrame(chained, schema={"link": pl.UInt32, **_schema("link_accounts")}, orient="row"),
+        ]
+    ).sort("link", maintain_order=True)
+
+    # where the points go: an application's current account (a phase-1 link keeps its own), the latest link
+    # of a resident and measure winning
+    is_app = pl.col("seq") >= 0
+    targets = (
+        links.join(
+            pl.DataFrame(current, schema={"link": pl.UInt32, "current": pl.Int64}, orient="row"),
+            on="link",
+            how="left",
+            maintain_order="left",
+        )
+        .with_columns(pl.col("current").fill_null(pl.col("account")))
+        .join(
+            accounts.select(current="pk", current_provider="provider"),
+            on="current",
+            how="left",
+            maintain_order="left",
+        )
+        .select(
+            "resident",
+            "measure",
+            provider=pl.when(is_app).then("current_provider").otherwise("provider"),
+            account=pl.when(is_app).then("current").otherwise("account"),
+            pid="pid",
+        )
+        .unique(["resident", "measure"], keep="last", maintain_order=True)
+        .join(
+            residents.select(resident="pk", mykey="mykey"), on="resident", how="left", maintain_order="left"
         )
     )
-    for rep in replacements:
-        ordered.append((_micros(rep[4]), 1, rep[0], "r"))
-    involved = {a[3] for a in apps} | {r[3] for r in replacements}
-    phase1_links: dict[int, tuple[int, str]] = {}
-    res_rows = []
-    for pk in linked:
-        r = residents[pk]
-        applied: dt.date | None = r["phase1_applied"]
-        carried = applied is not None and bool(r["phase1_account"])
-        remaining = max(0, cap - (r["phase1_points"] or 0)) if carried else cap
-        res_rows.append((pid_of[pk], remaining, r["died"].toordinal() if r["died"] else None))
-        if (
-            carried
-            and remaining > 0
-            and applied is not None
-            and applied.toordinal() <= params.phase1_application_cutoff_day
-            and r["phase1_account"] in accounts_by_key
-        ):
-            account_pk, provider_pk = accounts_by_key[r["phase1_account"]]
-            phase1_links[pk] = (
-                account_pk,
-                r["phase1_mode"] or sorted(providers[provider_pk].modes or ["charge"])[0],
-            )
-            involved.add(account_pk)
-            targets[(pk, "premium")] = (provider_pk, account_pk)
-    # the whole table, filtered here: an IN list of every linked account costs more than it saves
-    txs = [
-        tx
-        for tx in ProviderTransaction.objects.values_list(
-            "pk", "account_id", "kind", "amount", "at", "provider_id", "txid"
-        )
-        if tx[1] in involved
-    ]
-    for tx in txs:
-        ordered.append((_micros(tx[4]), 3, tx[0], "t"))
-    ordered.sort()
-    seq = {(kind, pk): i for i, (_, _, pk, kind) in enumerate(ordered)}
 
-    link_rows, account_rows = [], []
-    by_resident_reps: dict[int, list[tuple[int, int, int, int]]] = defaultdict(list)
-    for rep in replacements:
-        by_resident_reps[rep[1]].append((seq[("r", rep[0])], rep[2], rep[3], rep[0]))
-    for pk, (account_pk, mode) in phase1_links.items():
-        link_rows.append((pid_of[pk], MEASURE_CODE["premium"], params.phase2_start_day, -1, MODE_CODE[mode],
-                          params.phase2_start_day, _deadline(providers[targets[(pk, "premium")][0]], params)))  # fmt: skip
-        account_rows.extend(_accounts(pid_of[pk], account_pk, -1, by_resident_reps.get(pk, [])))
-    for app in apps:
-        pk, measure = app[1], app[2]
-        if pk not in pid_of:
-            continue
-        link_seq, day = seq[("a", app[0])], _day(app[5])
-        provider = providers[app[6]]
-        premium = measure == "premium"
-        link_rows.append((pid_of[pk], MEASURE_CODE[measure], day, link_seq, MODE_CODE[app[4]], day,
-                          _deadline(provider, params) if premium else DAY_MAX))  # fmt: skip
-        current = app[3]
-        for rep_seq, source, target, _ in sorted(by_resident_reps.get(pk, [])):
-            if rep_seq > link_seq and source == current:
-                current = target
-        targets[(pk, measure)] = (provider_of_account[current], current)
-        if premium:
-            account_rows.extend(_accounts(pid_of[pk], app[3], link_seq, by_resident_reps.get(pk, [])))
-    tx_rows = [(tx[0], tx[1], seq[("t", tx[0])], _day(tx[4]), MODE_CODE[tx[2]], tx[3]) for tx in txs]
-    tx_ids = {t[0] for t in txs}
-    refund_rows = [
-        (of, _day(at), amount)
-        for of, amount, at in ProviderRefund.objects.values_list("transaction_id", "amount", "at")
-        if of in tx_ids
-    ]
-    reg_rows = [
-        (pid_of[pk], MEASURE_CODE["health_insurance"], _day(at))
-        for pk, at in HealthInsuranceRegistration.objects.values_list("resident_id", "registered_at")
-        if pk in pid_of
-    ] + [
-        (pid_of[pk], MEASURE_CODE["public_fund"], _day(at))
-        for pk, at in PublicFundRegistration.objects.filter(status=ApplicationStatus.ACCEPTED).values_list(
-            "resident_id", "registered_at"
-        )
-        if pk in pid_of
-    ]
-
-    def frame(name: str, rows: list[tuple[int | None, ...]]) -> pl.DataFrame:
-        return pl.DataFrame(rows, schema=BatchFrames.schema(name), orient="row")
-
-    frames = BatchFrames(
-        residents=frame("residents", res_rows),  # type: ignore[arg-type]
-        links=frame("links", link_rows),  # type: ignore[arg-type]
-        link_accounts=frame("link_accounts", account_rows),  # type: ignore[arg-type]
-        transactions=frame("transactions", tx_rows),  # type: ignore[arg-type]
-        refunds=frame("refunds", refund_rows),  # type: ignore[arg-type]
-        registrations=frame("registrations", reg_rows),  # type: ignore[arg-type]
+    deadline = {pk: _deadline(p, params) for pk, p in providers.items()}
+    frames = {
+        "residents": residents.select("pid", cap_remaining="remaining", died_day="died"),
+        "links": links.select(
+            "pid",
+            pl.col("measure").replace_strict(MEASURE_CODE, return_dtype=pl.Int8),
+            "day",
+            "seq",
+            pl.col("mode").replace_strict(MODE_CODE, return_dtype=pl.Int8),
+            start_day="day",
+            charge_deadline_day=pl.when(premium)
+            .then(pl.col("provider").replace_strict(deadline, return_dtype=pl.Int32))
+            .otherwise(pl.lit(DAY_MAX, pl.Int32)),
+        ),
+        "link_accounts": link_accounts.drop("link"),
+        "transactions": txs.select(
+            txid="pk",
+            account="account",
+            seq="seq",
+            day=_day("at"),
+            kind=pl.col("kind").replace_strict(MODE_CODE, return_dtype=pl.Int8),
+            amount="amount",
+        ),
+        "refunds": t["refunds"]
+        .filter(pl.col("tx").is_in(txs["pk"].implode()))
+        .select(txid="tx", day=_day("at"), amount="amount"),
+        "registrations": pl.concat(
+            [
+                t[name]
+                .join(pid, left_on="resident", right_on="pk", how="inner", maintain_order="left")
+                .select("pid", measure=pl.lit(MEASURE_CODE[measure], pl.Int8), day=_day("at"))
+                for name, measure in (("health", "health_insurance"), ("fund", "public_fund"))
+            ]
+        ),
+    }
+    return _World(
+        BatchFrames(**{name: frame.cast(_schema(name)) for name, frame in frames.items()}),
+        residents.select("pid", resident="pk", mykey="mykey"),
+        targets,
+        txs.select(tx="pk", seq="seq", source=pl.format("transaction:{}:{}", "provider", "txid")),
     )
-    mykey = {pk: residents[pk]["mykey_id"] for pk in linked}
-    return _World(frames, linked, mykey, targets, pid_of, {tx[0]: f"{tx[5]}:{tx[6]}" for tx in txs})
+
+
+def _schema(name: str) -> pl.Schema:
+    return pl.Schema(BatchFrames.schema(name))
 
 
 def _deadline(provider: Provider, params: Parameters) -> int:
@@ -217,12 +393,12 @@ def _deadline(provider: Provider, params: Parameters) -> int:
 
 
 def _accounts(
-    pid: int, account: int, since: int, replacements: Iterable[tuple[int, int, int, int]]
+    pid: int, account: int, since: int, replacements: list[tuple[int, int, int]]
 ) -> list[tuple[int, int, int, int]]:
-    """(pid, account, from_seq, to_seq) for a premium link and the replacements after it (§4)."""
+    """(pid, account, from_seq, to_seq) for a link and the replacements (seq, from, to) after it, in order."""
     rows = []
     current, start = account, since
-    for rep_seq, source, target, _ in sorted(replacements):
+    for rep_seq, source, target in replacements:
         if rep_seq > since and source == current:
             rows.append((pid, current, start, rep_seq))
             current, start = target, rep_seq
@@ -230,51 +406,82 @@ def _accounts(
     return rows
 
 
-@dataclass(frozen=True)
-class _Due:
-    resident: int
-    measure: str
-    provider: int
-    account: int
-    amount: int
-    cumulative: int
-    ordinal: int
-    cutoff: dt.date
-    sources: list[str]
+def _json(text: pl.Expr) -> pl.Expr:
+    """Each text as a JSON string, escaped as ``json.dumps(text, ensure_ascii=False)`` escapes it."""
+    return pl.struct(text.alias("s")).struct.json_encode().str.slice(len('{"s":')).str.strip_suffix("}")
 
 
-def _dues(world: _World, params: Parameters, today: dt.date) -> list[_Due]:
-    providers = {p.pk: p for p in Provider.objects.all()}
-    cutoffs = {pk: due_cutoff(p, today) for pk, p in providers.items()}
-    instructed = {
-        (row["resident_id"], row["measure"]): (int(row["total"]), int(row["n"]))
-        for row in Grant.objects.values("resident_id", "measure").annotate(total=Sum("amount"), n=Count("id"))
+_DUES: Final = pl.Schema(
+    {
+        "resident": _I64,
+        "measure": _STR,
+        "provider": _I64,
+        "account": _I64,
+        "amount": _I64,
+        "cumulative": _I64,
+        "ordinal": _I64,
+        "cutoff": pl.Date(),
+        "mykey": _STR,
+        "sources": _STR,  # the ledger entry's sources, a JSON list as json.dumps writes it
     }
-    earned: dict[dt.date, pl.DataFrame] = {}
-    counted: dict[dt.date, dict[int, list[int]]] = {}
-    for cutoff in sorted(set(cutoffs.values())):
-        earned[cutoff] = compute_entitlements(world.frames, params, as_of_day=cutoff.toordinal())
-        by_pid: dict[int, list[int]] = defaultdict(list)
-        for pid, txid in counted_transactions(world.frames, as_of_day=cutoff.toordinal()).iter_rows():
-            by_pid[pid].append(txid)
-        counted[cutoff] = by_pid
-    dues = []
-    for (resident, measure), (provider, account) in sorted(world.targets.items()):
-        cutoff = cutoffs[provider]
-        pid = world.pid_of[resident]
-        value = int(earned[cutoff][measure][pid])
-        before, count = instructed.get((resident, measure), (0, 0))
-        if value == before:
-            continue
-        sources = [f"application:{measure}:{world.mykey[resident]}"]
-        if measure == "premium":
-            sources += [f"transaction:{world.tx_keys[txid]}" for txid in counted[cutoff].get(pid, [])]
-        else:
-            sources.append(f"registration:{measure}:{world.mykey[resident]}")
-        dues.append(
-            _Due(resident, measure, provider, account, value - before, value, count + 1, cutoff, sources)
+)
+
+
+def _dues(world: _World, params: Parameters, today: dt.date) -> pl.DataFrame:
+    """What to instruct (:data:`_DUES`), one row per resident and measure, in (resident, measure) order."""
+    cutoffs = {p.pk: due_cutoff(p, today).toordinal() for p in Provider.objects.all()}
+    targets = world.targets.with_columns(
+        cutoff=pl.col("provider").replace_strict(cutoffs, return_dtype=pl.Int32)
+    )
+    earned, counted = [], []
+    for cutoff in sorted(set(targets["cutoff"])):
+        earned.append(
+            compute_entitlements(world.frames, params, as_of_day=cutoff)
+            .select("pid", *MEASURE_CODE)
+            .unpivot(index="pid", variable_name="measure", value_name="cumulative")
+            .with_columns(pl.col("cumulative").cast(pl.Int64), cutoff=pl.lit(cutoff, pl.Int32))
         )
-    return dues
+        counted.append(
+            counted_transactions(world.frames, as_of_day=cutoff).with_columns(cutoff=pl.lit(cutoff, pl.Int32))
+        )
+    if not earned:
+        return pl.DataFrame(schema=_DUES)
+    dues = (
+        targets.join(pl.concat(earned), on=["pid", "measure", "cutoff"], how="inner")
+        .join(_read(["instructed"])["instructed"], on=["resident", "measure"], how="left")
+        .with_columns(pl.col("total", "n").fill_null(0))
+        .filter(pl.col("cumulative") != pl.col("total"))
+        .sort("resident", "measure")
+        .with_columns(amount=pl.col("cumulative") - pl.col("total"), ordinal=pl.col("n") + 1)
+    )
+    # the facts behind each due: the application, and the transactions that count (in time order) or the
+    # registration
+    transactions = (
+        dues.filter(pl.col("measure") == "premium")
+        .select("pid", "cutoff")
+        .join(pl.concat(counted), on=["pid", "cutoff"], how="inner")
+        .join(world.transactions, left_on="txid", right_on="tx", how="inner")
+        .sort("pid", "seq")
+        .group_by("pid", maintain_order=True)
+        .agg(transactions=", " + _json(pl.col("source")).str.join(", "))
+    )
+    registration = ", " + _json(pl.format("registration:{}:{}", "measure", "mykey"))
+    return (
+        dues.join(transactions, on="pid", how="left", maintain_order="left")
+        .with_columns(
+            sources=pl.concat_str(
+                pl.lit("["),
+                _json(pl.format("application:{}:{}", "measure", "mykey")),
+                pl.when(pl.col("measure") == "premium")
+                .then(pl.col("transactions").fill_null(""))
+                .otherwise(registration),
+                pl.lit("]"),
+            ),
+            cutoff=pl.from_epoch(pl.col("cutoff") - _EPOCH_DAY, time_unit="d"),
+        )
+        .select(_DUES.names())
+        .cast(_DUES)
+    )
 
 
 def _ledger_accounts(codes: set[str]) -> dict[str, int]:
@@ -293,84 +500,111 @@ def _ledger_accounts(codes: set[str]) -> dict[str, int]:
     return known
 
 
-def _insert(model: type[Any], columns: list[str], rows: list[tuple[Any, ...]]) -> list[int]:
-    """Insert rows and return their ids, in order. PostgreSQL: ids drawn from the table's sequence and the rows
-    sent with COPY (an order of magnitude faster than INSERT for a national run); elsewhere executemany."""
-    if not rows:
-        return []
+def _insert(model: type[Any], rows: pl.DataFrame, same: dict[str, Any]) -> pl.Series:
+    """Insert rows (the frame's columns, then ``same``: one value for every row) and return their ids, in
+    order. PostgreSQL: ids drawn from the table's sequence and the rows sent with one COPY of CSV written
+    by Polars (an order of magnitude faster than INSERT for a national run); elsewhere INSERT row by row."""
+    if rows.is_empty():
+        return pl.Series("id", [], dtype=pl.Int64)
     table = model._meta.db_table
+    columns = ", ".join([*rows.columns, *same])
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [table])
+            sequence = cursor.fetchone()[0]  # named once: inside the query below it is looked up every row
             cursor.execute(
-                "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-                [table, len(rows)],
+                "SELECT nextval(%s::regclass) FROM generate_series(1, %s)", [sequence, rows.height]
             )
-            ids = [row[0] for row in cursor.fetchall()]
-            raw = cursor.cursor  # the psycopg cursor under Django's wrapper
-            statement = f"COPY {table} (id, {', '.join(columns)}) FROM STDIN"
-            with raw.copy(statement) as copy:
-                for pk, row in zip(ids, rows, strict=True):
-                    copy.write_row((pk, *row))
+            ids = pl.Series("id", [row[0] for row in cursor.fetchall()], dtype=pl.Int64)
+            data = io.BytesIO()
+            constants = {
+                k: pl.lit(v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in same.items()
+            }
+            rows.select(ids, pl.all(), **constants).write_csv(data, include_header=False)
+            statement = f"COPY {table} (id, {columns}) FROM STDIN (FORMAT csv)"
+            # a unique key another run took first: Django's IntegrityError, which run_grants_batch retries
+            with connection.wrap_database_errors, cursor.cursor.copy(statement) as copy:
+                copy.write(data.getbuffer())
             return ids
-        ids = []
-        placeholders = ", ".join(["%s"] * len(columns))
-        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) RETURNING id"  # noqa: S608
-        for row in rows:
-            cursor.execute(sql, list(row))
-            ids.append(cursor.fetchone()[0])
-        return ids
+        values = list(same.values())
+        placeholders = ", ".join(["%s"] * (rows.width + len(values)))
+        sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) RETURNING id"  # noqa: S608
+        inserted = []
+        for row in rows.iter_rows():
+            cursor.execute(sql, [*row, *values])
+            inserted.append(cursor.fetchone()[0])
+        return pl.Series("id", inserted, dtype=pl.Int64)
 
 
-def _post_chunk(dues: list[_Due], world: _World, params: Parameters, now: dt.datetime, who: Actor) -> None:
-    providers = {p.pk: p for p in Provider.objects.filter(pk__in={d.provider for d in dues})}
-    codes = {BUDGET} | {payable(providers[d.provider].key) for d in dues}
-    account_ids = _ledger_accounts(codes)
-    used = {m: json.dumps(_parameters_used(params, m), ensure_ascii=False) for m in {d.measure for d in dues}}
+def _post_chunk(dues: pl.DataFrame, params: Parameters, now: dt.datetime, who: Actor) -> None:
+    providers = {p.pk: p for p in Provider.objects.filter(pk__in=dues["provider"].unique().to_list())}
+    payables = {pk: payable(p.key) for pk, p in providers.items()}
+    account_ids = _ledger_accounts({BUDGET, *payables.values()})
+    measure, amount = pl.col("measure"), pl.col("amount")
+    used = {m: json.dumps(_parameters_used(params, m), ensure_ascii=False) for m in dues["measure"].unique()}
     entry_ids = _insert(
         Entry,
-        ["kind", "at", "effective_date", "idempotency_key", "rule_edition", "parameters", "sources", "memo"],
-        [
-            (
-                "grant_instructed" if d.amount > 0 else "clawback_instructed",
-                now,
-                d.cutoff,
-                f"grant:{world.mykey[d.resident]}:{d.measure}:{d.ordinal}",
-                params.edition,
-                used[d.measure],
-                json.dumps(d.sources, ensure_ascii=False),
-                f"{d.measure}: earned {d.cumulative} as of {d.cutoff} (batch)",
-            )
-            for d in dues
-        ],
+        dues.select(
+            kind=pl.when(amount > 0)
+            .then(pl.lit("grant_instructed"))
+            .otherwise(pl.lit("clawback_instructed")),
+            effective_date="cutoff",
+            idempotency_key=pl.format("grant:{}:{}:{}", "mykey", measure, "ordinal"),
+            rule_edition=pl.lit(params.edition),
+            parameters=measure.replace_strict(used, return_dtype=pl.String),
+            sources="sources",
+            memo=pl.format("{}: earned {} as of {} (batch)", measure, "cumulative", "cutoff"),
+        ),
+        {"at": now},
     )
-    postings: list[tuple[Any, ...]] = []
-    for d, entry_id in zip(dues, entry_ids, strict=True):
-        postings.append((entry_id, account_ids[BUDGET], -d.amount, d.cutoff))
-        postings.append((entry_id, account_ids[payable(providers[d.provider].key)], d.amount, d.cutoff))
-    _insert(Posting, ["entry_id", "account_id", "amount", "effective_date"], postings)
+    dues = dues.with_columns(entry=entry_ids).with_row_index("i")
+    payable_ids = {pk: account_ids[code] for pk, code in payables.items()}
+    budget = pl.lit(account_ids[BUDGET], pl.Int64)
+    legs = [  # budget → payable, entry by entry
+        dues.select("i", "entry", leg=pl.lit(0), account=budget, amount=-amount, cutoff="cutoff"),
+        dues.select("i", "entry", leg=pl.lit(1), account=pl.col("provider").replace_strict(payable_ids),
+                    amount=amount, cutoff="cutoff"),
+    ]  # fmt: skip
+    _insert(
+        Posting,
+        pl.concat(legs)
+        .sort("i", "leg")
+        .select(entry_id="entry", account_id="account", amount="amount", effective_date="cutoff"),
+        {},
+    )
     grant_ids = _insert(
         Grant,
-        ["resident_id", "measure", "provider_id", "account_id", "ordinal", "amount", "cumulative_after", "due_as_of",
-         "instructed_at", "instruction_entry_id", "status", "provider_reference"],
-        [
-            (d.resident, d.measure, d.provider, d.account, d.ordinal, d.amount, d.cumulative, d.cutoff, now, entry_id,
-             "instructed", "")
-            for d, entry_id in zip(dues, entry_ids, strict=True)
-        ],
-    )  # fmt: skip
-    OutboxMessage.objects.bulk_create(
-        [
-            OutboxMessage(
-                provider_id=d.provider,
-                topic="grant",
-                payload={"grant_id": grant_id},
-                created_at=now,
-                next_attempt_at=now,
-            )
-            for d, grant_id in zip(dues, grant_ids, strict=True)
-            if providers[d.provider].grant_delivery == GrantDelivery.PUSH
-        ]
+        dues.select(
+            resident_id="resident",
+            measure=measure,
+            provider_id="provider",
+            account_id="account",
+            ordinal="ordinal",
+            amount=amount,
+            cumulative_after="cumulative",
+            due_as_of="cutoff",
+            instruction_entry_id="entry",
+        ),
+        {"instructed_at": now, "status": "instructed", "provider_reference": ""},
     )
+    push = pl.Series(
+        [pk for pk, p in providers.items() if p.grant_delivery == GrantDelivery.PUSH], dtype=pl.Int64
+    )
+    pushed = dues.with_columns(grant=grant_ids).filter(pl.col("provider").is_in(push.implode()))
+    if connection.vendor == "postgresql":
+        _insert(
+            OutboxMessage,
+            pushed.select(
+                provider_id="provider", payload=pl.concat_str(pl.lit('{"grant_id": '), "grant", pl.lit("}"))
+            ),
+            {"topic": "grant", "created_at": now, "next_attempt_at": now, "attempts": 0, "last_error": ""},
+        )
+    else:  # the outbox worker compares these times in SQL: stored by the ORM, as the ORM compares them
+        OutboxMessage.objects.bulk_create(
+            OutboxMessage(provider_id=provider, topic="grant", payload={"grant_id": grant},
+                          created_at=now, next_attempt_at=now)
+            for provider, grant in pushed.select("provider", "grant").iter_rows()
+        )  # fmt: skip
     record(
         who=who,
         action="grants_instructed_batch",
@@ -379,7 +613,7 @@ def _post_chunk(dues: list[_Due], world: _World, params: Parameters, now: dt.dat
         before=None,
         after={
             "grants": len(grant_ids),
-            "points": sum(d.amount for d in dues),
+            "points": int(dues["amount"].sum()),
             "first": grant_ids[0],
             "last": grant_ids[-1],
         },
@@ -398,27 +632,28 @@ def run_grants_batch(
     today: dt.date,
     now: dt.datetime,
     who: Actor,
-    chunk: int = 2000,
+    chunk: int = 10_000,
     progress: Callable[[int, int], None] | None = None,
 ) -> GrantRunReport:
-    """Instruct everything due today for the whole population, in chunks of durable transactions."""
+    """Instruct everything due today for the whole population, in chunks of durable transactions of
+    ``chunk`` grants each (each commit costs a WAL flush and an audit event; a killed run loses one chunk)."""
     params = parameters()
     report = GrantRunReport()
     for _attempt in range(3):
         world = load_frames(params)
         dues = _dues(world, params, today)
-        report.residents = len(world.resident_ids)
+        report.residents = world.residents.height
         try:
-            for start in range(0, len(dues), chunk):
-                part = dues[start : start + chunk]
+            for start in range(0, dues.height, chunk):
+                part = dues.slice(start, chunk)
                 with transaction.atomic(durable=True):
-                    _post_chunk(part, world, params, now, who)
-                for d in part:
-                    report.grants += d.amount > 0
-                    report.clawbacks += d.amount < 0
-                    report.points += d.amount
+                    _post_chunk(part, params, now, who)
+                amounts = part["amount"]
+                report.grants += int((amounts > 0).sum())
+                report.clawbacks += int((amounts < 0).sum())
+                report.points += int(amounts.sum())
                 if progress:
-                    progress(min(start + chunk, len(dues)), len(dues))
+                    progress(min(start + chunk, dues.height), dues.height)
             return report
         except IntegrityError:  # another run posted some of these first: recompute what is left
             report.retried += 1

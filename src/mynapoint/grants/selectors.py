@@ -1,20 +1,25 @@
-"""Proving the ledger: it balances, no resident is above a cap, and every grant traces to its facts."""
+"""Proving the ledger: it balances, no resident is above a cap, and every grant traces to its facts; and the
+grant instructions a provider pulls (:func:`grant_instructions`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from django.db.models import Sum
 
 from mynapoint.applications.models import HealthInsuranceRegistration, PublicFundRegistration
 from mynapoint.applications.selectors import parameters
 from mynapoint.grants.models import Grant
+from mynapoint.grants.outbox import grant_item
 from mynapoint.identity.models import Resident
 from mynapoint.ledger.models import Entry
 from mynapoint.ledger.selectors import LedgerReport, verify_ledger
-from mynapoint.providers.models import ProviderTransaction
+from mynapoint.providers.models import Provider, ProviderTransaction
+from mynapoint.providers.selectors import link_ref
 
-__all__ = ["caps_for", "verify_programme_ledger"]
+__all__ = ["GrantPage", "caps_for", "grant_instructions", "verify_programme_ledger"]
 
 
 def caps_for() -> Callable[[str], dict[str, int]]:
@@ -79,3 +84,24 @@ def verify_programme_ledger(*, progress: Callable[[int], None] | None = None) ->
                 f"{row['resident__mykey_id']} {row['measure']}: instructed {row['total']} < 0"
             )
     return report
+
+
+@dataclass(frozen=True, slots=True)
+class GrantPage:
+    next_cursor: int
+    items: list[dict[str, Any]]  # as grant_item: the shape of the pull and the push alike
+
+
+def grant_instructions(*, provider: Provider, after: int, limit: int) -> GrantPage:
+    """The provider's grant instructions with an id after ``after``, in order, at most ``limit``, each with the
+    resident's per-provider ``link_ref``. ``next_cursor`` is the last grant's id, or ``after`` when none."""
+    grants = list(
+        Grant.objects.select_related("account").filter(provider=provider, id__gt=after).order_by("id")[:limit]
+    )
+
+    def ref(grant: Grant) -> str:
+        return link_ref(provider_key=provider.key, resident_id=grant.resident_id)
+
+    return GrantPage(
+        next_cursor=grants[-1].pk if grants else after, items=[grant_item(grant, ref) for grant in grants]
+    )

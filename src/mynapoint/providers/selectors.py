@@ -1,5 +1,7 @@
 """Reading provider facts, and what the platform computes for providers without writing anything.
 
+- :func:`provider_by_key`, :func:`all_providers` and :func:`api_keys_of` are what the programme office reads
+  (``mynapoint providers``).
 - :func:`api_key_for` finds the live API key a request presented (sha256 compared in constant time).
 - :func:`link_ref` is the per-provider pseudonym of a resident in link notices and grant instructions (pull
   and push alike): a provider can follow one resident across its own notices, cannot compute it for another
@@ -22,15 +24,19 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from mynapoint.providers.models import ProviderAccount, ProviderApiKey
+from mynapoint.providers.models import Provider, ProviderAccount, ProviderApiKey
 
 __all__ = [
     "API_KEY_PREFIX",
+    "all_providers",
+    "api_key_by_prefix",
     "api_key_for",
+    "api_keys_of",
     "declared_account",
     "hash_api_key",
     "link_ref",
     "outbound_url_problem",
+    "provider_by_key",
     "security_codes_hash",
     "sign",
 ]
@@ -63,6 +69,26 @@ def api_key_for(presented: str | None) -> ProviderApiKey | None:
     if row.revoked_at is not None or not row.provider.active:
         return None
     return row
+
+
+def provider_by_key(*, key: str) -> Provider | None:
+    return Provider.objects.filter(key=key).first()
+
+
+def all_providers() -> list[Provider]:
+    """Every provider, active or not, by key."""
+    return list(Provider.objects.order_by("key"))
+
+
+def api_keys_of(*, provider: Provider) -> list[ProviderApiKey]:
+    """A provider's API keys, revoked ones included, in the order they were made (rows only: the keys
+    themselves were shown once and are gone)."""
+    return list(ProviderApiKey.objects.filter(provider=provider).order_by("id"))
+
+
+def api_key_by_prefix(*, provider: Provider, prefix: str) -> ProviderApiKey | None:
+    """One of the provider's API keys by the prefix shown when it was made (``mnp_`` and 8 characters)."""
+    return ProviderApiKey.objects.filter(provider=provider, prefix=prefix).first()
 
 
 def link_ref(*, provider_key: str, resident_id: int) -> str:

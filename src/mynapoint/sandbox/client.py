@@ -127,6 +127,10 @@ class SandboxClient:
     def charge(self, service_id: str, *, amount: int) -> dict[str, Any]:
         return self._call("POST", f"/wallets/{quote(service_id, safe='')}/charge", {"amount": amount})
 
+    def sync(self) -> dict[str, Any]:
+        """Catch up with the platform: ``{declared, pulled, acknowledged, errors}``."""
+        return self._call("POST", "/sync")
+
     def pay(self, service_id: str, *, shop: str, amount: int, use_points: int) -> dict[str, Any]:
         return self._call(
             "POST",

@@ -80,12 +80,19 @@ class SandboxTransaction(models.Model):
         return self.txid
 
 
+class GrantSource(models.TextChoices):
+    WEBHOOK = "webhook", "プッシュ（webhook）"
+    PULL = "pull", "取得（GET /grants）"
+
+
 class ReceivedGrant(models.Model):
-    """A grant instruction the platform pushed (or a claw-back, ``amount`` < 0). ``grant_id`` is unique: a
-    webhook delivered twice credits the points once. ``acknowledged_at`` is set once ``POST /grants/ack``
-    succeeded; until then the acknowledgement is retried."""
+    """A grant instruction the platform pushed or the sandbox pulled (or a claw-back, ``amount`` < 0).
+    ``grant_id`` is unique: a grant delivered twice, by webhook or by pull or both, credits the points once;
+    ``via`` says how it came first. ``acknowledged_at`` is set once ``POST /grants/ack`` succeeded; until then
+    the acknowledgement is retried."""
 
     grant_id = models.PositiveBigIntegerField(unique=True)
+    via = models.CharField(max_length=10, choices=GrantSource.choices, default=GrantSource.WEBHOOK)
     wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="grants")
     measure = models.CharField(max_length=20)
     amount = models.IntegerField()
@@ -97,3 +104,16 @@ class ReceivedGrant(models.Model):
 
     def __str__(self) -> str:
         return f"grant {self.grant_id}: {self.amount:+}"
+
+
+class PullCursor(models.Model):
+    """How far the sandbox has applied a cursor-paged feed of the provider API (``feed`` ``grants``:
+    ``GET /grants``): ``after`` is the cursor to pull from next. It only moves forward, and only past what has
+    been applied."""
+
+    feed = models.CharField(max_length=20, unique=True)
+    after = models.BigIntegerField(default=0)
+    pulled_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.feed} after {self.after}"

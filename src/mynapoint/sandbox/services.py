@@ -7,7 +7,10 @@ What the platform must hear is kept on the rows until it has heard it, and re-se
 - a wallet is declared with ``PUT /accounts`` (``declared_at``);
 - a charge or purchase is reported with ``POST /transactions`` under its ``txid`` (``reported_at``);
 - a grant received by webhook is credited once per ``grant_id`` and acknowledged with ``POST /grants/ack``
-  (``acknowledged_at``).
+  (``acknowledged_at``);
+- should a webhook be lost, :func:`pull_grants` reads ``GET /grants`` from the sandbox's stored cursor
+  (``PullCursor``) and credits what it has not received, once per ``grant_id`` as for webhooks; :func:`sync`
+  does it every time, so the sandbox catches up whenever it talks to the platform.
 
 Configuration (the platform's URL, the API key the programme office issued, the webhook signing secret) is a
 JSON file in the data folder, written by ``mynapoint demo`` (:func:`save_setup`).
@@ -30,7 +33,15 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 
 from mynapoint.sandbox.client import ProviderApiClient, ProviderApiError
-from mynapoint.sandbox.models import ReceivedGrant, SandboxTransaction, Shop, TransactionKind, Wallet
+from mynapoint.sandbox.models import (
+    GrantSource,
+    PullCursor,
+    ReceivedGrant,
+    SandboxTransaction,
+    Shop,
+    TransactionKind,
+    Wallet,
+)
 
 __all__ = [
     "DEMO_SHOPS",
@@ -50,6 +61,7 @@ __all__ = [
     "open_wallet",
     "pay",
     "provider_api",
+    "pull_grants",
     "receive_grant",
     "report_pending",
     "save_setup",
@@ -354,10 +366,12 @@ def _field(data: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
-def receive_grant(*, data: Any, now: dt.datetime) -> tuple[ReceivedGrant, bool]:
-    """Credit a grant instruction (a webhook's ``data``) to its wallet, once per ``grant_id``: the same grant
-    delivered again returns the row already recorded (``False``) and credits nothing. An unknown wallet is a
-    404 (the platform keeps the message and retries)."""
+def receive_grant(
+    *, data: Any, now: dt.datetime, via: str = GrantSource.WEBHOOK
+) -> tuple[ReceivedGrant, bool]:
+    """Credit a grant instruction (a webhook's ``data``, or an item of ``GET /grants``) to its wallet, once per
+    ``grant_id``: the same grant delivered again, by either way, returns the row already recorded (``False``)
+    and credits nothing. An unknown wallet is a 404 (the platform keeps the message and retries)."""
     if not isinstance(data, dict):
         raise SandboxError(
             "bad_grant", "付与指示の形式が正しくありません", "the grant is not an object", status=400
@@ -383,14 +397,50 @@ def receive_grant(*, data: Any, now: dt.datetime) -> tuple[ReceivedGrant, bool]:
                 link_ref=link_ref[:64],
                 received_at=now,
                 reference="",
+                via=via,
             )
             received.reference = f"SBX-G{received.pk}"  # our own number for the grant, sent with the ack
             received.save(update_fields=["reference"])
             Wallet.objects.filter(pk=wallet.pk).update(points_balance=F("points_balance") + amount)
     except IntegrityError:  # the same grant delivered twice at once: the other delivery credited it
         return ReceivedGrant.objects.get(grant_id=grant_id), False
-    log.info("sandbox: grant %s credited %+d points to %s", grant_id, amount, service_id)
+    log.info("sandbox: grant %s credited %+d points to %s (%s)", grant_id, amount, service_id, via)
     return received, True
+
+
+GRANTS_FEED: Final = "grants"
+
+
+def _advance(feed: str, after: int, now: dt.datetime) -> None:
+    """Move a feed's cursor forward (never back: two pulls at once each move it only past what they applied)."""
+    PullCursor.objects.filter(feed=feed, after__lt=after).update(after=after, pulled_at=now)
+
+
+def pull_grants(*, api: ProviderApiClient, now: dt.datetime, page_size: int = 100) -> tuple[int, list[str]]:
+    """``GET /grants`` from the stored cursor, page by page, crediting each grant not received yet
+    (:func:`receive_grant`, once per ``grant_id``: a grant that also came, or comes later, by webhook is
+    credited once). The cursor moves past a grant once it is credited; at a grant that cannot be (its wallet is
+    unknown here) or when the platform cannot be reached the pull stops, and the next one starts from there.
+    Returns how many were credited and the errors. Acknowledging is :func:`acknowledge`'s (:func:`sync` does
+    both)."""
+    cursor, _ = PullCursor.objects.get_or_create(feed=GRANTS_FEED)
+    after, credited = cursor.after, 0
+    try:
+        while True:
+            page = api.grants(after=after, limit=page_size)
+            start = after
+            for item in page["items"]:
+                _, created = receive_grant(data=item, now=now, via=GrantSource.PULL)
+                credited += created
+                after = max(after, item["grant_id"])  # a grant's cursor is its id (docs/provider-api.md)
+                _advance(GRANTS_FEED, after, now)
+            if after == start:  # an empty page: up to date
+                break
+    except (ProviderApiError, SandboxError) as exc:
+        log.warning("sandbox: pulling grants after %s stopped: %s", after, exc)
+        return credited, [f"GET /grants: {exc}"]
+    PullCursor.objects.filter(feed=GRANTS_FEED).update(pulled_at=now)
+    return credited, []
 
 
 def acknowledge(*, api: ProviderApiClient, grants: Iterable[ReceivedGrant], now: dt.datetime) -> int:
@@ -420,19 +470,23 @@ def acknowledge(*, api: ProviderApiClient, grants: Iterable[ReceivedGrant], now:
 @dataclass
 class SyncReport:
     declared: int = 0
+    pulled: int = 0
     acknowledged: int = 0
     errors: list[str] = field(default_factory=list)
 
 
 def sync(*, api: ProviderApiClient, now: dt.datetime) -> SyncReport:
-    """Tell the platform everything it has not heard yet: undeclared wallets, unreported transactions,
-    unacknowledged grants. Errors are kept on the rows and returned, never raised."""
+    """Tell the platform everything it has not heard yet (undeclared wallets, unreported transactions), fetch
+    the grants no webhook brought (:func:`pull_grants`), and acknowledge every grant not acknowledged yet.
+    Errors are kept on the rows and returned, never raised."""
     report = SyncReport()
     try:
         report.declared = declare_wallets(api=api, now=now)
     except ProviderApiError as exc:
         report.errors.append(f"PUT /accounts: {exc}")
     report.errors += report_pending(api=api, now=now)
+    report.pulled, errors = pull_grants(api=api, now=now)
+    report.errors += errors
     try:
         report.acknowledged = acknowledge(
             api=api, grants=ReceivedGrant.objects.filter(acknowledged_at__isnull=True).order_by("id"), now=now
@@ -483,6 +537,7 @@ def wallet_view(wallet: Wallet, *, recent: int = 20) -> dict[str, Any]:
                 "measure": g.measure,
                 "amount": g.amount,
                 "received_at": g.received_at.isoformat(),
+                "via": g.via,
                 "acknowledged": g.acknowledged_at is not None,
                 "ack_error": g.ack_error,
             }

@@ -15,4 +15,5 @@ urlpatterns: list[URLPattern] = [
     path("wallets/<str:service_id>/charge", views.charge, name="charge"),
     path("wallets/<str:service_id>/pay", views.pay, name="pay"),
     path("webhook", views.webhook, name="webhook"),
+    path("sync", views.sync, name="sync"),
 ]

@@ -8,6 +8,7 @@
 | ``POST /sandbox/wallets/<service_id>/charge`` | ``{amount}`` | ``{transaction, reported, errors, wallet}`` |
 | ``POST /sandbox/wallets/<service_id>/pay`` | ``{shop, amount, use_points}`` | as charge |
 | ``POST /sandbox/webhook`` | the platform's signed ``{topic, data}`` | ``{status}``; 401 on a bad signature |
+| ``POST /sandbox/sync`` | | ``{declared, pulled, acknowledged, errors}``: catch up with the platform |
 
 Errors are ``{code, message}`` (Japanese ``/`` English). Everything answers 404 while the sandbox is not set up
 (no configuration in the data folder), so a deployment that never ran the demo exposes nothing here. The
@@ -20,6 +21,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import asdict
 from functools import wraps
 from typing import Any
 
@@ -35,7 +37,7 @@ from mynapoint.sandbox import services
 from mynapoint.sandbox.client import ProviderApiError
 from mynapoint.sandbox.models import Shop
 
-__all__ = ["charge", "pay", "shops", "wallet", "wallets", "webhook"]
+__all__ = ["charge", "pay", "shops", "sync", "wallet", "wallets", "webhook"]
 
 log = logging.getLogger(__name__)
 
@@ -208,3 +210,14 @@ def webhook(request: HttpRequest) -> HttpResponse:
             "acknowledged": True,
         }
     )
+
+
+@_api
+@require_http_methods(["POST"])
+def sync(request: HttpRequest) -> HttpResponse:  # noqa: ARG001
+    """Catch up with the platform (:func:`~mynapoint.sandbox.services.sync`): declare, report, pull the grants
+    no webhook brought (``GET /grants`` from the stored cursor), acknowledge. Errors are in the answer."""
+    setup = _setup()
+    with services.provider_api(setup) as api:
+        report = services.sync(api=api, now=clock.now())
+    return _json(asdict(report))

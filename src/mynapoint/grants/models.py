@@ -42,13 +42,16 @@ class Grant(models.Model):
     cumulative_after = models.IntegerField()
     due_as_of = models.DateField()  # the JST day the entitlement was computed for
     instructed_at = models.DateTimeField()
+    # no index: entries are never looked up from here (and never deleted: the ledger is append-only)
     instruction_entry = models.ForeignKey(
-        "ledger.Entry", on_delete=models.PROTECT, related_name="+", db_constraint=False
+        "ledger.Entry", on_delete=models.PROTECT, related_name="+", db_constraint=False, db_index=False
     )
     status = models.CharField(max_length=12, choices=GrantStatus.choices, default=GrantStatus.INSTRUCTED)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
-    acknowledgement_entry = models.ForeignKey(
-        "ledger.Entry", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    acknowledgement_entry = (
+        models.ForeignKey(  # indexed where set only (Meta): instructed grants cost no entry
+            "ledger.Entry", null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
+        )
     )
     provider_reference = models.CharField(max_length=100, blank=True)
 
@@ -56,7 +59,14 @@ class Grant(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["resident", "measure", "ordinal"], name="grant_once_per_ordinal")
         ]
-        indexes = [models.Index(fields=["provider", "id"])]
+        indexes = [
+            models.Index(fields=["provider", "id"]),
+            models.Index(
+                fields=["acknowledgement_entry"],
+                condition=models.Q(acknowledgement_entry__isnull=False),
+                name="grant_acknowledged_by",
+            ),
+        ]
 
 
 class OutboxMessage(models.Model):

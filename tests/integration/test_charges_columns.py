@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import polars as pl
 import pytest
+from concurrency_hooks import AFTER_READ, flushable_database, race
 from django.db import connection
+from pytest_django import DjangoDbBlocker, Settings
 from support import NOW
 
 from mynapoint.api.provider import _charges_frame
@@ -215,3 +218,42 @@ def test_the_api_takes_the_columnar_path_only_for_plain_charges() -> None:
         assert _charges_frame([item(), odd]) is None, odd
     assert _charges_frame([]) is None
     assert _charges_frame({"kind": "charge"}) is None
+
+
+# ------------------------------------------------------------------------ simultaneous batches sharing ids
+
+
+@pytest.fixture(scope="module")
+def flushable(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> Iterator[None]:
+    """The transactional test below ends by flushing the database (its threads must see committed rows)."""
+    with django_db_blocker.unblock(), flushable_database():
+        yield
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("flushable")
+def test_two_batches_sharing_ids_at_once_record_each_id_once(settings: Settings) -> None:
+    """Both batches stage their rows before either inserts (the after-read barrier), in opposite orders. On
+    PostgreSQL the second insert waits on the first's unique-index entries (rows go in txid order, so neither
+    waits for the other in a cycle) and then skips them: they come back unchanged, compared with what was
+    committed. SQLite serialises the two; there the second finds the first's rows."""
+    Provider.objects.create(
+        key="cols", name_ja="cols", kind="qr", modes=["charge", "purchase"], measures=["premium"]
+    )
+    settings.MYNAPOINT_APPLICATION_AFTER_READ_HOOK = AFTER_READ
+    shared = _charges(300, seed=9)
+    one = pl.concat([shared, _charges(100, seed=10, prefix="A")])
+    other = pl.concat([_charges(100, seed=11, prefix="B"), shared.reverse()])
+
+    def post(charges: pl.DataFrame) -> Callable[[], BatchResult]:
+        return lambda: record_charges(provider_key="cols", charges=charges, now=NOW, who=WHO)
+
+    postgres = connection.vendor == "postgresql"
+    outcome = race({"one": post(one), "other": post(other)}, barrier_timeout=30.0 if postgres else 1.0)
+    assert outcome.errors == {}
+    results = outcome.results
+    assert sorted(r.created for r in results.values()) == [100, 400]
+    assert sorted(r.unchanged for r in results.values()) == [0, 300]
+    if postgres:
+        assert outcome.met == ("one", "other"), "both staged before either inserted"
+    assert ProviderTransaction.objects.filter(provider__key="cols").count() == 500

@@ -857,15 +857,37 @@ def _store_charges(
             cursor.cursor.copy(f"COPY {_STAGE} FROM STDIN (FORMAT CSV)") as copy,
         ):
             copy.write(staged.getvalue())
-        cursor.execute(
-            f"SELECT s.idx, s.txid, a.service_id = s.service_id, t.kind = s.kind, t.amount = s.amount, t.at = s.at "  # noqa: S608 - table names from models
-            f"FROM {_STAGE} s JOIN {tx} t ON t.provider_id = %s AND t.txid = s.txid JOIN {account} a ON a.id = t.account_id "
-            "ORDER BY s.idx",
-            [provider.pk],
-        )
-        known = cursor.fetchall()
         if first:
             _after_read_hook()
+        cursor.execute(
+            f"INSERT INTO {account} (provider_id, service_id) SELECT DISTINCT %s::bigint, s.service_id FROM {_STAGE} s "  # noqa: S608
+            f"WHERE NOT EXISTS (SELECT 1 FROM {account} a WHERE a.provider_id = %s AND a.service_id = s.service_id) "
+            "ON CONFLICT DO NOTHING",
+            [provider.pk, provider.pk],
+        )
+        # the unique index is the lookup: a txid already recorded (or committed meanwhile by a simultaneous report,
+        # which this statement waits for) is skipped, and compared below; rows go in txid order, so that two
+        # simultaneous batches sharing ids wait for each other in one order and never deadlock
+        cursor.execute(
+            f"INSERT INTO {tx} (provider_id, txid, account_id, kind, amount, at, recorded_at) "  # noqa: S608
+            f"SELECT %s, s.txid, a.id, s.kind, s.amount, s.at, %s FROM {_STAGE} s "
+            f"JOIN {account} a ON a.provider_id = %s AND a.service_id = s.service_id "
+            "ORDER BY s.txid ON CONFLICT (provider_id, txid) DO NOTHING RETURNING txid",
+            [provider.pk, now, provider.pk],
+        )
+        inserted = {row[0] for row in cursor.fetchall()}
+        skipped = [i for i, txid in enumerate(charges["txid"].to_list()) if txid not in inserted]
+        known: list[tuple[Any, ...]] = []
+        if skipped:
+            cursor.execute(
+                f"SELECT s.idx, s.txid, a.service_id = s.service_id, t.kind = s.kind, t.amount = s.amount, t.at = s.at "  # noqa: S608 - table names from models
+                f"FROM {_STAGE} s JOIN {tx} t ON t.provider_id = %s AND t.txid = s.txid JOIN {account} a ON a.id = t.account_id "
+                "WHERE s.idx = ANY(%s) ORDER BY s.idx",
+                [provider.pk, skipped],
+            )
+            known = cursor.fetchall()
+        if len(known) != len(skipped):  # cannot happen: a skipped row met a recorded one
+            raise IntegrityError("transaction_once: a skipped transaction was not found")
         fields = ("service_id", "kind", "amount", "at")
         found: list[tuple[int, TransactionError]] = [
             (
@@ -882,30 +904,14 @@ def _store_charges(
             if not all(sames)
         ]
         if found:
-            raise BatchRefused(found)
+            raise BatchRefused(found)  # nothing of the batch is kept: the transaction rolls back
         statuses = ["created"] * count
-        for idx, *_ in known:
+        for idx in skipped:
             statuses[idx] = "unchanged"
-        created = count - len(known)
-        result = BatchResult(created=created, unchanged=len(known), statuses=statuses)
+        created = count - len(skipped)
+        result = BatchResult(created=created, unchanged=len(skipped), statuses=statuses)
         if not created:
             return result
-        # ids already recorded are skipped by the unique index (they were compared above): no probe of our own
-        cursor.execute(
-            f"INSERT INTO {account} (provider_id, service_id) SELECT DISTINCT %s::bigint, s.service_id FROM {_STAGE} s "  # noqa: S608
-            f"WHERE NOT EXISTS (SELECT 1 FROM {account} a WHERE a.provider_id = %s AND a.service_id = s.service_id) "
-            "ON CONFLICT DO NOTHING",
-            [provider.pk, provider.pk],
-        )
-        cursor.execute(
-            f"INSERT INTO {tx} (provider_id, txid, account_id, kind, amount, at, recorded_at) "  # noqa: S608
-            f"SELECT %s, s.txid, a.id, s.kind, s.amount, s.at, %s FROM {_STAGE} s "
-            f"JOIN {account} a ON a.provider_id = %s AND a.service_id = s.service_id "
-            "ON CONFLICT (provider_id, txid) DO NOTHING",
-            [provider.pk, now, provider.pk],
-        )
-        if cursor.rowcount != created:  # a simultaneous report of some of these ids committed first
-            raise IntegrityError("transaction_once: reported at the same time by another request")
         accounts = charges.filter(pl.Series(statuses) == "created")["service_id"].n_unique()
         record(
             who=who,

@@ -72,7 +72,7 @@ Reference = tuple[tuple[str, ...], str, tuple[str, ...]]  # (child columns, pare
 
 
 def _pg_reference_statements(
-    child: str, name: str, references: list[Reference]
+    child: str, name: str, references: Sequence[Reference]
 ) -> tuple[list[str], list[str]]:
     create: list[str] = []
     drop: list[str] = []
@@ -123,7 +123,7 @@ def _pg_reference_statements(
 
 
 def _sqlite_reference_statements(
-    child: str, name: str, references: list[Reference]
+    child: str, name: str, references: Sequence[Reference]
 ) -> tuple[list[str], list[str]]:
     create: list[str] = []
     drop: list[str] = []
@@ -154,7 +154,7 @@ def _sqlite_reference_statements(
 
 
 def _reference_statements(
-    child: str, name: str, references: list[Reference], vendor: str
+    child: str, name: str, references: Sequence[Reference], vendor: str
 ) -> tuple[list[str], list[str]]:
     if vendor == "postgresql":
         return _pg_reference_statements(child, name, references)
@@ -165,7 +165,7 @@ def _reference_statements(
 
 def checked_references(
     child: str,
-    references: list[Reference],
+    references: Sequence[Reference],
     *,
     name: str,
     vendors: tuple[str, ...] = ("postgresql", "sqlite"),

@@ -226,3 +226,17 @@ def test_audit_verify_finds_a_row_changed_behind_the_triggers(
     assert not report.ok
     assert f"#{event.pk}" in report.problem
     assert "hash mismatch" in report.problem
+
+
+def test_an_inactive_provider_takes_no_applications_and_an_active_one_does_again(
+    providers: dict[str, Provider], make_resident: Callable[..., Resident]
+) -> None:
+    hanako = make_resident(accounts={"wallet/5001": ["1234"]})
+    Provider.objects.filter(key="wallet").update(active=False)
+    with pytest.raises(ApplicationError) as caught:
+        apply(hanako, "premium", "wallet/5001", ["1234"])
+    assert (caught.value.code, caught.value.field) == ("provider_inactive", "provider")
+    assert "受け付けていません" in caught.value.ja
+    assert PointApplication.objects.count() == 0
+    Provider.objects.filter(key="wallet").update(active=True)
+    assert apply(hanako, "premium", "wallet/5001", ["1234"]).accepted

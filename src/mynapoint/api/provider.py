@@ -695,6 +695,11 @@ def post_csv(request: HttpRequest, file: File[UploadedFile]) -> Any:
 
 
 class GrantItem(Schema):
+    cursor: int = Field(
+        description="この付与指示の位置（カーソル）: 通常は grant_id と同じ。後の grant_id が先に確定した付与指示は、"
+        "それより後の位置 / this grant's position: its grant_id, unless a grant with a later id committed "
+        "first; then a position after it"
+    )
     grant_id: int
     link_ref: str
     service_id: str
@@ -716,6 +721,9 @@ class GrantsPage(Schema):
     auth=api_key,
     response={200: GrantsPage, **_errors(422)},
     summary="付与指示（カーソル）",
+    description="The provider's grant instructions in the order they were committed: each has its position "
+    "(`cursor`), and a grant still to be committed always comes after the `next_cursor` already returned. The "
+    "same `after` gives the same page.",
 )
 def get_grants(
     request: HttpRequest,

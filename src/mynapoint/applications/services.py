@@ -30,7 +30,14 @@ from mynapoint.applications.models import (
     PointApplication,
     PublicFundRegistration,
 )
-from mynapoint.applications.selectors import account_key, holder_key, parameters, person_of, resident_history
+from mynapoint.applications.selectors import (
+    account_key,
+    holder_key,
+    parameters,
+    person_of,
+    resident_history,
+    rules_provider,
+)
 from mynapoint.audit.services import Actor, record
 from mynapoint.identity.models import Certificate, CertificateRenewal, Resident
 from mynapoint.identity.mynumber import refuse_my_number
@@ -91,6 +98,67 @@ def _lock(queryset: Any) -> Any:
     if connection.vendor == "postgresql":
         return queryset.select_for_update(no_key=True, of=("self",))
     return queryset  # SQLite: the IMMEDIATE transaction already holds the database's write lock
+
+
+def _provider_under_lock(pk: int, provider_key: str) -> Provider:
+    """The provider's row, read inside the application's transaction under a lock that an edit of the provider
+    (``update_provider``: ``FOR NO KEY UPDATE``) conflicts with and other applications do not: ``FOR SHARE``
+    on PostgreSQL (``FOR KEY SHARE`` would not conflict with the edit). An edit in progress is waited for and
+    its settings are read; an edit that comes later waits until this application has committed, and then
+    counts it. SQLite: the IMMEDIATE transaction already holds the database's write lock."""
+    if _locking() and connection.vendor == "postgresql":
+        meta = Provider._meta
+        table, column = connection.ops.quote_name(meta.db_table), connection.ops.quote_name(meta.pk.column)
+        sql = f"SELECT * FROM {table} WHERE {column} = %s FOR SHARE"  # noqa: S608 - names from the model
+        provider = next(iter(Provider.objects.raw(sql, [pk])), None)
+    else:
+        provider = Provider.objects.filter(pk=pk).first()
+    if provider is None:  # pragma: no cover - providers are never deleted (PROTECT)
+        raise ApplicationError(
+            "unknown_provider",
+            "決済サービスが見つかりません",
+            f"unknown payment service {provider_key!r}",
+            field="provider",
+        )
+    return provider
+
+
+def _offered(provider: Provider, measure: str, security_codes: Sequence[str], mode: str | None) -> str:
+    """What the provider's settings say of the application: the number of security codes, the measure and the
+    mode must be ones it offers, and it must be taking part (``active``). Returns the mode (the provider's only
+    one when none was chosen)."""
+    if not provider.active:
+        raise ApplicationError(
+            "provider_inactive",
+            "この決済サービスは現在マイナポイントの申込を受け付けていません",
+            "this payment service is not taking Mynapoint applications at present (inactive)",
+            field="provider",
+        )
+    if len(security_codes) != provider.security_code_count:
+        raise ApplicationError(
+            "security_code_count",
+            f"この決済サービスのセキュリティコードは{provider.security_code_count}個です",
+            f"this payment service uses {provider.security_code_count} security code(s)",
+            field="security_codes",
+        )
+    if measure not in (provider.measures or Measure.values):
+        raise ApplicationError(
+            "measure_not_offered",
+            "この決済サービスはこの施策の申込を受け付けていません",
+            f"this payment service does not take applications for {measure}",
+            field="measure",
+        )
+    modes = list(provider.modes or ["charge", "purchase"])
+    if mode is None and len(modes) == 1:
+        mode = modes[0]
+    if mode is None or mode not in modes:
+        raise ApplicationError(
+            "choose_mode",
+            "ポイントを受け取る方式（チャージまたはお買い物）を選んでください（申込後は変更できません）",
+            f"choose how points are earned: one of {', '.join(modes)} (cannot be changed later)",
+            field="mode",
+        )
+    return mode
 
 
 def _holder_role(resident: Resident, holder_kana: str | None, holder_born: dt.date | None) -> str:
@@ -157,23 +225,7 @@ def apply_for_measure(
             "give 1 to 3 alphanumeric security codes",
             field="security_codes",
         )
-    if len(security_codes) != provider.security_code_count:
-        raise ApplicationError(
-            "security_code_count",
-            f"この決済サービスのセキュリティコードは{provider.security_code_count}個です",
-            f"this payment service uses {provider.security_code_count} security code(s)",
-            field="security_codes",
-        )
-    modes = list(provider.modes or ["charge", "purchase"])
-    if mode is None and len(modes) == 1:
-        mode = modes[0]
-    if mode is None or mode not in modes:
-        raise ApplicationError(
-            "choose_mode",
-            "ポイントを受け取る方式（チャージまたはお買い物）を選んでください（申込後は変更できません）",
-            f"choose how points are earned: one of {', '.join(modes)} (cannot be changed later)",
-            field="mode",
-        )
+    _offered(provider, measure, security_codes, mode)  # fails fast; decided again under the lock
     if resident.born is None or not resident.kana:
         raise ApplicationError(
             "profile_missing",
@@ -194,6 +246,10 @@ def apply_for_measure(
     operator = operated_by or resident
     # who may operate (the person, her representative, someone helping while she is present) is a rule: P4, P5
     with transaction.atomic(durable=True):
+        # The provider's settings as the decision uses them: read again under a lock an edit of the provider
+        # conflicts with, taken before any other lock of the use case (docs/architecture.md, Q14).
+        provider = _provider_under_lock(provider.pk, provider_key)
+        mode = _offered(provider, measure, security_codes, mode)
         account, _ = PaymentAccount.objects.get_or_create(provider=provider, service_id=service_id)
         # no select_related: the linked resident must be read after the lock is held, not with the row before it
         account = _lock(PaymentAccount.objects.filter(pk=account.pk)).get()
@@ -202,11 +258,13 @@ def apply_for_measure(
         key = account_key(account)
         history = resident_history(me)
         params = parameters()
+        # the decision takes this provider's modes and deadlines from the row read under the lock
+        providers = {**history.providers, provider.key: rules_provider(provider)}
         accounts = dict(history.accounts)
         accounts[key] = Account(key, provider.key, holder_key(me, role, key), mode)
         day = jst_day(now)
         evaluator = ResidentEvaluator(
-            person_of(me), params, accounts=accounts, providers=history.providers, as_of_day=day
+            person_of(me), params, accounts=accounts, providers=providers, as_of_day=day
         )
         feed(evaluator, history)
         present_keys = tuple(p.mykey_id for p in present) or (operator.mykey_id,)

@@ -40,7 +40,7 @@ from mynapoint.applications.models import (
 from mynapoint.applications.selectors import parameters
 from mynapoint.audit.services import Actor, record
 from mynapoint.grants.models import Grant, OutboxMessage
-from mynapoint.grants.services import GrantRunReport, due_cutoff
+from mynapoint.grants.services import GrantRunReport, due_cutoff, take_positions
 from mynapoint.identity.models import Resident
 from mynapoint.ledger.models import Entry, LedgerAccount, Posting
 from mynapoint.ledger.services import BUDGET, payable
@@ -500,22 +500,29 @@ def _ledger_accounts(codes: set[str]) -> dict[str, int]:
     return known
 
 
-def _insert(model: type[Any], rows: pl.DataFrame, same: dict[str, Any]) -> pl.Series:
+def _draw_ids(model: type[Any], count: int) -> pl.Series:
+    """PostgreSQL: ``count`` ids drawn from the table's sequence, in order."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [model._meta.db_table])
+        sequence = cursor.fetchone()[0]  # named once: inside the query below it is looked up every row
+        cursor.execute("SELECT nextval(%s::regclass) FROM generate_series(1, %s)", [sequence, count])
+        return pl.Series("id", [row[0] for row in cursor.fetchall()], dtype=pl.Int64)
+
+
+def _insert(
+    model: type[Any], rows: pl.DataFrame, same: dict[str, Any], *, ids: pl.Series | None = None
+) -> pl.Series:
     """Insert rows (the frame's columns, then ``same``: one value for every row) and return their ids, in
-    order. PostgreSQL: ids drawn from the table's sequence and the rows sent with one COPY of CSV written
-    by Polars (an order of magnitude faster than INSERT for a national run); elsewhere INSERT row by row."""
+    order. PostgreSQL: ids drawn from the table's sequence (or ``ids``, drawn already) and the rows sent with
+    one COPY of CSV written by Polars (an order of magnitude faster than INSERT for a national run); elsewhere
+    INSERT row by row."""
     if rows.is_empty():
         return pl.Series("id", [], dtype=pl.Int64)
     table = model._meta.db_table
     columns = ", ".join([*rows.columns, *same])
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [table])
-            sequence = cursor.fetchone()[0]  # named once: inside the query below it is looked up every row
-            cursor.execute(
-                "SELECT nextval(%s::regclass) FROM generate_series(1, %s)", [sequence, rows.height]
-            )
-            ids = pl.Series("id", [row[0] for row in cursor.fetchall()], dtype=pl.Int64)
+            ids = _draw_ids(model, rows.height) if ids is None else ids
             data = io.BytesIO()
             constants = {
                 k: pl.lit(v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in same.items()
@@ -572,21 +579,31 @@ def _post_chunk(dues: pl.DataFrame, params: Parameters, now: dt.datetime, who: A
         .select(entry_id="entry", account_id="account", amount="amount", effective_date="cutoff"),
         {},
     )
-    grant_ids = _insert(
-        Grant,
-        dues.select(
-            resident_id="resident",
-            measure=measure,
-            provider_id="provider",
-            account_id="account",
-            ordinal="ordinal",
-            amount=amount,
-            cumulative_after="cumulative",
-            due_as_of="cutoff",
-            instruction_entry_id="entry",
-        ),
-        {"instructed_at": now, "status": "instructed", "provider_reference": ""},
+    grants = dues.select(
+        resident_id="resident",
+        measure=measure,
+        provider_id="provider",
+        account_id="account",
+        ordinal="ordinal",
+        amount=amount,
+        cumulative_after="cumulative",
+        due_as_of="cutoff",
+        instruction_entry_id="entry",
     )
+    same = {"instructed_at": now, "status": "instructed", "provider_reference": ""}
+    # the cursor positions: each provider's GrantSequence locked once for the chunk (take_positions), after the
+    # entries and before the audit event; PostgreSQL draws the ids first and copies the positions with the rows
+    if connection.vendor == "postgresql":
+        grant_ids = _draw_ids(Grant, dues.height)
+        positions = take_positions(dues["provider"].to_list(), grant_ids.to_list())
+        _insert(
+            Grant, grants.with_columns(position=pl.Series(positions, dtype=pl.Int64)), same, ids=grant_ids
+        )
+    else:
+        grant_ids = _insert(Grant, grants, same)
+        positions = take_positions(dues["provider"].to_list(), grant_ids.to_list())
+        for pk, position in zip(grant_ids.to_list(), positions, strict=True):
+            Grant.objects.filter(pk=pk).update(position=position)
     push = pl.Series(
         [pk for pk, p in providers.items() if p.grant_delivery == GrantDelivery.PUSH], dtype=pl.Int64
     )

@@ -18,7 +18,7 @@ class Grant(models.Model):
     what makes posting exactly-once when two runs or a restarted run meet."""
 
     # the references set at instruction are checked set by set (dbutil.checked_references); the unique
-    # (resident, measure, ordinal) and (provider, id) indexes serve the lookups of resident and provider
+    # (resident, measure, ordinal) and (provider, position) indexes serve the lookups of resident and provider
     resident = models.ForeignKey(
         "identity.Resident",
         on_delete=models.PROTECT,
@@ -54,19 +54,44 @@ class Grant(models.Model):
         )
     )
     provider_reference = models.CharField(max_length=100, blank=True)
+    # where the provider's cursor (GET /grants) finds it: per provider, increasing in commit order, never below
+    # the id (see GrantSequence). Set in the transaction that instructs the grant, so never null once committed.
+    position = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["resident", "measure", "ordinal"], name="grant_once_per_ordinal")
+            models.UniqueConstraint(fields=["resident", "measure", "ordinal"], name="grant_once_per_ordinal"),
+            # partial only so that SQLite adds it without rebuilding the table (positions are never null once
+            # committed; a query with position > n uses it)
+            models.UniqueConstraint(
+                fields=["provider", "position"],
+                condition=models.Q(position__isnull=False),
+                name="grant_position_once",
+            ),
         ]
         indexes = [
-            models.Index(fields=["provider", "id"]),
             models.Index(
                 fields=["acknowledgement_entry"],
                 condition=models.Q(acknowledgement_entry__isnull=False),
                 name="grant_acknowledged_by",
             ),
         ]
+
+
+class GrantSequence(models.Model):
+    """The last position given to a provider's grants (the cursor of ``GET /grants``). Every transaction that
+    instructs grants for the provider locks its row (:func:`mynapoint.grants.services.take_positions`) after
+    writing its ledger entries and before its audit event, and holds it until it ends: the provider's
+    positions commit in the order they are given, so a cursor never passes a grant still to be committed.
+
+    A grant's position is the larger of its id and ``last + 1``: equal to the id unless a grant with a later id
+    committed first (ids come from a sequence drawn outside any lock), so cursors kept from when the position
+    was the id keep their place."""
+
+    provider = models.OneToOneField(
+        "providers.Provider", primary_key=True, on_delete=models.PROTECT, related_name="+"
+    )
+    last = models.BigIntegerField(default=0)
 
 
 class OutboxMessage(models.Model):

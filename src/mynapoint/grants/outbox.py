@@ -48,6 +48,7 @@ def verify_signature(
 def grant_item(grant: Grant, link_ref: Callable[[Grant], str]) -> dict[str, Any]:
     """A grant as providers see it (pull and push alike): no resident identity, a pseudonymous link ref."""
     return {
+        "cursor": grant.position,
         "grant_id": grant.pk,
         "link_ref": link_ref(grant),
         "service_id": grant.account.service_id,

@@ -93,15 +93,20 @@ class GrantPage:
 
 
 def grant_instructions(*, provider: Provider, after: int, limit: int) -> GrantPage:
-    """The provider's grant instructions with an id after ``after``, in order, at most ``limit``, each with the
-    resident's per-provider ``link_ref``. ``next_cursor`` is the last grant's id, or ``after`` when none."""
+    """The provider's grant instructions with a position after ``after``, in position order, at most ``limit``,
+    each with the resident's per-provider ``link_ref``. ``next_cursor`` is the last grant's position, or
+    ``after`` when none. Positions commit in order (:class:`~mynapoint.grants.models.GrantSequence`), so a
+    grant still to be committed always comes after the cursor."""
     grants = list(
-        Grant.objects.select_related("account").filter(provider=provider, id__gt=after).order_by("id")[:limit]
+        Grant.objects.select_related("account")
+        .filter(provider=provider, position__gt=after)
+        .order_by("position")[:limit]
     )
 
     def ref(grant: Grant) -> str:
         return link_ref(provider_key=provider.key, resident_id=grant.resident_id)
 
     return GrantPage(
-        next_cursor=grants[-1].pk if grants else after, items=[grant_item(grant, ref) for grant in grants]
+        next_cursor=int(grants[-1].position or after) if grants else after,
+        items=[grant_item(grant, ref) for grant in grants],
     )

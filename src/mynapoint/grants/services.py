@@ -11,7 +11,7 @@ once, never post a point twice or lose one.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from django.db import IntegrityError, connection, transaction
@@ -20,7 +20,7 @@ from django.db.models import Sum
 from mynapoint.applications.models import ApplicationStatus, PaymentAccount, PointApplication
 from mynapoint.applications.selectors import parameters, resident_history
 from mynapoint.audit.services import Actor, record
-from mynapoint.grants.models import Grant, GrantStatus, OutboxMessage
+from mynapoint.grants.models import Grant, GrantSequence, GrantStatus, OutboxMessage
 from mynapoint.identity.models import Resident
 from mynapoint.ledger.services import BUDGET, payable, post_entry, resident_account
 from mynapoint.providers.models import GrantDelivery, GrantSchedule, Provider
@@ -35,6 +35,7 @@ __all__ = [
     "grant_due_points",
     "residents_to_grant",
     "run_grants",
+    "take_positions",
 ]
 
 
@@ -82,6 +83,34 @@ def _lock_resident(resident: Resident) -> Resident:
     return queryset.get()
 
 
+def take_positions(providers: Sequence[int], ids: Sequence[int]) -> list[int]:
+    """The cursor positions of grants just written in this transaction (``providers[i]``, ``ids[i]``: the
+    provider and id of grant i), in the same order. Each provider's :class:`GrantSequence` row is locked, in
+    provider order (no deadlock between two instructing transactions), and stays locked until the transaction
+    ends: the provider's positions commit in the order they are given. Within a provider, grants take
+    positions in id order, each the larger of its id and the previous position + 1.
+
+    Called after the transaction's ledger entries (whose unique keys are where two runs meet) and before its
+    audit events (the audit head is locked to commit as well): one lock order for every instructing use case.
+    """
+    by_provider: dict[int, list[int]] = {}
+    for index, provider in enumerate(providers):
+        by_provider.setdefault(provider, []).append(index)
+    positions = [0] * len(ids)
+    for provider, indexes in sorted(by_provider.items()):
+        # a provider's first grant makes its row; a row made at the same moment by another transaction is
+        # waited for, as its lock would be
+        GrantSequence.objects.bulk_create([GrantSequence(provider_id=provider)], ignore_conflicts=True)
+        row = GrantSequence.objects.filter(provider_id=provider)
+        if connection.vendor == "postgresql":
+            row = row.select_for_update()
+        last = int(row.values_list("last", flat=True).get())
+        for index in sorted(indexes, key=ids.__getitem__):
+            last = positions[index] = max(last + 1, ids[index])
+        row.update(last=last)
+    return positions
+
+
 def grant_due_points(*, resident: Resident, today: dt.date, now: dt.datetime, who: Actor) -> list[Grant]:
     """Instruct what is due to one resident today. Idempotent: running it again posts nothing new."""
     params = parameters()
@@ -101,6 +130,8 @@ def grant_due_points(*, resident: Resident, today: dt.date, now: dt.datetime, wh
         history = resident_history(me)
         evaluators: dict[dt.date, ResidentEvaluator] = {}
         made: list[Grant] = []
+        # (action, before, after): recorded once the positions are taken (the lock order of take_positions)
+        audits: list[tuple[str, dict[str, object], dict[str, object]]] = []
         for measure in MEASURES:
             linked = targets.get(measure)
             if linked is None:
@@ -151,16 +182,23 @@ def grant_due_points(*, resident: Resident, today: dt.date, now: dt.datetime, wh
                     created_at=now,
                     next_attempt_at=now,
                 )
-            record(
-                who=who,
-                action="grant_instructed" if delta > 0 else "clawback_instructed",
-                subject_type="resident",
-                subject_id=me.mykey_id,
-                before={"measure": measure, "instructed": instructed},
-                after={"measure": measure, "instructed": earned, "grant": grant.pk, "provider": provider.key},
-                at=now,
+            audits.append(
+                (
+                    "grant_instructed" if delta > 0 else "clawback_instructed",
+                    {"measure": measure, "instructed": instructed},
+                    {"measure": measure, "instructed": earned, "grant": grant.pk, "provider": provider.key},
+                )
             )
             made.append(grant)
+        positions = take_positions([g.provider_id for g in made], [g.pk for g in made])
+        for grant, position in zip(made, positions, strict=True):
+            Grant.objects.filter(pk=grant.pk).update(position=position)
+            grant.position = position
+        for action, before, after in audits:
+            record(
+                who=who, action=action, subject_type="resident", subject_id=me.mykey_id,
+                before=before, after=after, at=now,
+            )  # fmt: skip
         return made
 
 

@@ -2,6 +2,7 @@
 
 from support import (  # noqa: F401 - fixtures are found by name
     _platform_settings,
+    flushable,
     make_card,
     make_resident,
     providers,

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from concurrency_hooks import flushable_database
 from django.conf import settings
+from pytest_django import DjangoDbBlocker
 
 from mynapoint import clock
 from mynapoint.applications.adapters import FileRegistryAdapter
@@ -119,3 +121,11 @@ def make_resident(
         return resident
 
     return make
+
+
+@pytest.fixture(scope="module")
+def flushable(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> Iterator[None]:
+    """For a module's transactional tests (``django_db(transaction=True)``, whose threads must see committed
+    rows): they end by flushing the database, which the append-only tables' triggers allow only inside."""
+    with django_db_blocker.unblock(), flushable_database():
+        yield

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import polars as pl
 import pytest
-from concurrency_hooks import AFTER_READ, flushable_database, race
+from concurrency_hooks import AFTER_READ, race
 from django.db import connection
-from pytest_django import DjangoDbBlocker, Settings
+from pytest_django import Settings
 from support import NOW
 
 from mynapoint.api.provider import _charges_frame
@@ -221,13 +221,6 @@ def test_the_api_takes_the_columnar_path_only_for_plain_charges() -> None:
 
 
 # ------------------------------------------------------------------------ simultaneous batches sharing ids
-
-
-@pytest.fixture(scope="module")
-def flushable(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> Iterator[None]:
-    """The transactional test below ends by flushing the database (its threads must see committed rows)."""
-    with django_db_blocker.unblock(), flushable_database():
-        yield
 
 
 @pytest.mark.django_db(transaction=True)

@@ -8,14 +8,13 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from concurrency_hooks import flushable_database
 from django.apps import apps as django_apps
 from django.db import connection, transaction
-from pytest_django import DjangoDbBlocker, Settings
+from pytest_django import Settings
 from support import FEED, NOW, SELF
 from test_grants_batch import _world
 from test_provider_api import ADAPTER, ProviderClient, linked, tx
@@ -143,13 +142,6 @@ def test_the_migration_gives_existing_grants_their_id_and_continues_each_sequenc
 
 
 # ------------------------------------------------------------------------------------------ the race
-
-
-@pytest.fixture(scope="module")
-def flushable(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> Iterator[None]:
-    """The transactional test below ends by flushing the database (its threads must see committed rows)."""
-    with django_db_blocker.unblock(), flushable_database():
-        yield
 
 
 @pytest.mark.django_db(transaction=True)

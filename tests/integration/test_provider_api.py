@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from concurrency_hooks import AFTER_READ, flushable_database, race
+from concurrency_hooks import AFTER_READ, race
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.test import Client
 from django.test.client import MULTIPART_CONTENT
-from pytest_django import DjangoDbBlocker, Settings
+from pytest_django import Settings
 from support import NOW, SELF
 
 from mynapoint import clock
@@ -639,13 +639,6 @@ def test_a_csv_of_more_than_10000_rows_is_a_413(api: ProviderClient) -> None:
     ]
     error(api.upload("big.csv", _csv(rows, "utf-8")), 413, "too_many")
     assert not ProviderTransaction.objects.exists()
-
-
-@pytest.fixture(scope="module")
-def flushable(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> Iterator[None]:
-    """The transactional test below ends by flushing the database (its threads must see committed rows)."""
-    with django_db_blocker.unblock(), flushable_database():
-        yield
 
 
 @pytest.mark.django_db(transaction=True)

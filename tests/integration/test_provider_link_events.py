@@ -12,14 +12,13 @@ import importlib
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from concurrency_hooks import flushable_database
 from django.apps import apps as django_apps
 from django.db import connection, transaction
-from pytest_django import DjangoDbBlocker, Settings
+from pytest_django import Settings
 from support import FEED, NOW, SELF
 from test_provider_api import ADAPTER, ProviderClient, account, apply, linked, stop, tx
 
@@ -308,13 +307,6 @@ def test_the_migration_gives_old_links_their_notices_and_keeps_old_cursors(
 
 
 # ------------------------------------------------------------------------------------------ the sequence lock
-
-
-@pytest.fixture(scope="module")
-def flushable(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> Iterator[None]:
-    """The transactional test below ends by flushing the database (its threads must see committed rows)."""
-    with django_db_blocker.unblock(), flushable_database():
-        yield
 
 
 @pytest.mark.django_db(transaction=True)

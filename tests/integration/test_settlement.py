@@ -9,12 +9,10 @@ import re
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-from concurrency_hooks import flushable_database
 from django.db import DatabaseError, connection, transaction
-from pytest_django import DjangoDbBlocker
 from support import FEED, NOW, SELF
 
 from mynapoint.applications.services import apply_for_measure
@@ -389,13 +387,6 @@ def test_reconciliation_lists_every_discrepancy(
 
 
 # ------------------------------------------------------------------------------ two fixes of one claim at once
-
-
-@pytest.fixture(scope="module")
-def flushable(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> Iterator[None]:
-    """The transactional test below ends by flushing the database (its threads must see committed rows)."""
-    with django_db_blocker.unblock(), flushable_database():
-        yield
 
 
 @pytest.mark.django_db(transaction=True)

@@ -4,13 +4,13 @@ audited, and counted by the rules once the account is linked."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from concurrency_hooks import AFTER_READ, flushable_database, race
+from concurrency_hooks import AFTER_READ, race
 from django.db import connection
-from pytest_django import DjangoDbBlocker, Settings
+from pytest_django import Settings
 from support import NOW, SELF
 
 from mynapoint.applications.models import PaymentAccount
@@ -250,13 +250,6 @@ def test_reported_transactions_and_refunds_earn_through_the_rules_once_linked(
 
 
 # ------------------------------------------------------------------------ simultaneous reports of one id
-
-
-@pytest.fixture(scope="module")
-def flushable(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> Iterator[None]:
-    """The transactional test below ends by flushing the database (its threads must see committed rows)."""
-    with django_db_blocker.unblock(), flushable_database():
-        yield
 
 
 @pytest.mark.django_db(transaction=True)

@@ -3,12 +3,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.db import migrations
 
-__all__ = ["append_only", "checked_references", "copy_rows"]
+__all__ = [
+    "append_only",
+    "checked_references",
+    "copy_rows",
+    "put_back_sqlite_triggers",
+    "rebuilding_on_sqlite",
+    "set_aside_sqlite_triggers",
+]
 
 
 def _statements(table: str, prefix: str, function: str, vendor: str) -> tuple[list[str], list[str]]:
@@ -183,9 +191,10 @@ def checked_references(
     transaction's provider). Violations are integrity errors, as a foreign key's. The model field says
     ``db_constraint=False`` (docs/decisions/0003, Q13).
 
-    To alter the child table on SQLite (Django rebuilds it: the parent's triggers name it, and the rebuild
-    fails), remove the triggers first and put them back after: ``checked_references(..., vendors=("sqlite",),
-    remove=True)`` before the operations, the same without ``remove`` after.
+    On SQLite, a migration that alters the child or a parent table (Django rebuilds it; SQLite refuses to
+    rename a table that a trigger names) puts :func:`rebuilding_on_sqlite` around its operations. On
+    PostgreSQL a parent row deleted by one transaction while another inserts a child naming it is not caught
+    (a foreign key would lock the parent row): no use case deletes these parents (decision Q13).
     ``tests/integration/test_references.py`` checks every reference on both databases after all migrations."""
     step = 1 if remove else 0
 
@@ -225,3 +234,56 @@ def copy_rows(
             copy.set_types(types)
         for row in rows:
             copy.write_row(row)
+
+
+# ------------------------------------------------------------------------- SQLite table rebuilds
+
+_SET_ASIDE = "mynapoint_triggers_set_aside"
+
+
+def set_aside_sqlite_triggers(cursor: Any, tables: Sequence[str]) -> list[str]:
+    """Drop, and keep in a table of their own, the SQLite triggers that name any of ``tables``: the table's
+    own triggers and other tables' triggers that refer to it (a reference check, say). SQLite cannot rename a
+    table that a trigger names, which is how Django's schema editor alters a table (rebuild, drop, rename).
+    Returns the names set aside; :func:`put_back_sqlite_triggers` creates them again."""
+    cursor.execute(f"CREATE TABLE IF NOT EXISTS {_SET_ASIDE} (name TEXT PRIMARY KEY, sql TEXT NOT NULL)")
+    cursor.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+    named = [
+        (name, sql)
+        for name, sql in cursor.fetchall()
+        if any(re.search(rf"\b{re.escape(table)}\b", sql) for table in tables)
+    ]
+    for name, sql in named:
+        cursor.execute(f"INSERT OR REPLACE INTO {_SET_ASIDE} (name, sql) VALUES (?, ?)", (name, sql))  # noqa: S608
+        cursor.execute(f'DROP TRIGGER "{name}"')
+    return [name for name, _ in named]
+
+
+def put_back_sqlite_triggers(cursor: Any) -> list[str]:
+    """Create again the triggers :func:`set_aside_sqlite_triggers` set aside; returns their names."""
+    cursor.execute(f"CREATE TABLE IF NOT EXISTS {_SET_ASIDE} (name TEXT PRIMARY KEY, sql TEXT NOT NULL)")
+    cursor.execute(f"SELECT name, sql FROM {_SET_ASIDE} ORDER BY name")  # noqa: S608
+    kept = cursor.fetchall()
+    for _, sql in kept:
+        cursor.execute(sql)
+    cursor.execute(f"DROP TABLE {_SET_ASIDE}")
+    return [name for name, _ in kept]
+
+
+def rebuilding_on_sqlite(*tables: str) -> tuple[migrations.RunPython, migrations.RunPython]:
+    """Two migration operations to put around operations that alter ``tables`` (SQLite rebuilds them):
+    ``before, after = rebuilding_on_sqlite("applications_paymentaccount")`` then
+    ``operations = [before, migrations.AlterField(...), after]``. Nothing happens on PostgreSQL, which alters
+    tables in place and keeps their triggers."""
+
+    def aside(apps: Any, schema_editor: Any) -> None:  # noqa: ARG001 - RunPython signature
+        if schema_editor.connection.vendor == "sqlite":
+            with schema_editor.connection.cursor() as cursor:
+                set_aside_sqlite_triggers(cursor, tables)
+
+    def back(apps: Any, schema_editor: Any) -> None:  # noqa: ARG001 - RunPython signature
+        if schema_editor.connection.vendor == "sqlite":
+            with schema_editor.connection.cursor() as cursor:
+                put_back_sqlite_triggers(cursor)
+
+    return migrations.RunPython(aside, back), migrations.RunPython(back, aside)

@@ -212,6 +212,10 @@ def test_the_api_takes_the_columnar_path_only_for_plain_charges() -> None:
         item(at="2022-07-01T09:00:00"),
         item(at="2022-07-01 09:00:00+09:00"),
         item(at="2022-02-30T09:00:00+09:00"),
+        item(at="2022-06-30T23:59:60+09:00"),  # a leap second: datetime has none
+        item(at="0000-01-01T00:00:00+00:00"),
+        item(at="0001-01-01T00:00:00+09:00"),  # year 0 in UTC
+        item(at="9999-12-31T23:59:59-09:00"),  # year 10000 in UTC
         item(kind="refund"),
         "not an object",
     ):

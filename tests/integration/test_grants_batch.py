@@ -19,6 +19,7 @@ from mynapoint.applications.services import (
     replace_lost_account,
 )
 from mynapoint.applications.transactions import record_refund, record_transaction
+from mynapoint.audit.models import AuditEvent
 from mynapoint.grants.batch import run_grants_batch
 from mynapoint.grants.models import Grant
 from mynapoint.grants.selectors import verify_programme_ledger
@@ -120,3 +121,27 @@ def test_after_the_per_resident_engine_the_batch_finds_nothing_left(
     count = Grant.objects.count()
     batch = run_grants_batch(today=today, now=NOW, who=FEED)
     assert (batch.grants, batch.clawbacks, Grant.objects.count()) == (0, 0, count)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("flushable")
+def test_chunks_posted_side_by_side_instruct_what_one_writer_would(
+    providers: dict[str, Provider], make_resident: Callable[..., Resident]
+) -> None:
+    """Small chunks on two connections (PostgreSQL; SQLite posts them one by one): the same grants as the
+    per-resident engine would instruct, every chunk committed, the ledger verified, and each provider's cursor
+    positions one per grant, in the order the chunks committed."""
+    people = _world(5, make_resident)
+    today = dt.date(2022, 10, 12)
+    report = run_grants_batch(today=today, now=NOW + dt.timedelta(days=200), who=FEED, chunk=3, writers=2)
+    assert report.grants > 10
+    assert not report.errors
+    for resident in people:
+        assert grant_due_points(resident=resident, today=today, now=NOW, who=FEED) == [], resident.mykey_id
+    assert verify_programme_ledger().ok, verify_programme_ledger().problems
+    for provider in providers.values():
+        positions = list(Grant.objects.filter(provider=provider).values_list("position", flat=True))
+        assert None not in positions
+        assert len(set(positions)) == len(positions)
+    chunks = AuditEvent.objects.filter(action="grants_instructed_batch").count()
+    assert chunks == -(-report.grants // 3) or chunks >= report.grants // 3

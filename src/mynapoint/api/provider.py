@@ -587,7 +587,7 @@ def post_batch(request: HttpRequest, body: BatchIn) -> Any:
 
 _CHARGE_KEYS: Final = frozenset(TransactionIn.model_fields)
 _CHARGE_KINDS: Final = frozenset({"charge", "purchase"})
-_AT_WRITTEN: Final = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?[+-]\d{2}:\d{2}$"
+_AT_WRITTEN: Final = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:[0-5]\d(?:\.\d{1,6})?[+-]\d{2}:\d{2}$"  # no leap second
 
 
 def _charges_frame(items: object) -> pl.DataFrame | None:
@@ -615,7 +615,9 @@ def _charges_frame(items: object) -> pl.DataFrame | None:
     frame = frame.with_columns(
         pl.col("at").str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us", time_zone="UTC", strict=False)
     )
-    return None if frame["at"].null_count() else frame.select(list(CHARGE_SCHEMA))
+    if frame["at"].null_count() or not frame["at"].dt.year().is_between(1, 9999).all():
+        return None  # what Python's datetime (and so ItemIn) cannot hold is for ItemIn to refuse
+    return frame.select(list(CHARGE_SCHEMA))
 
 
 def _decode_csv(data: bytes) -> str:

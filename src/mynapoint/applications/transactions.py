@@ -798,6 +798,7 @@ def _charges_valid(charges: pl.DataFrame, now: dt.datetime) -> bool:
         pl.col("amount").is_between(1, MAX_AMOUNT).all().alias("amount"),
         (pl.col("at") <= now + FUTURE_TOLERANCE).all().alias("at"),
         pl.col("txid").is_unique().all().alias("once"),
+        pl.col("at").dt.year().is_between(1, 9999).all().alias("year"),
     ).row(0)
     if not all(checks):
         return False
@@ -862,7 +863,7 @@ def _store_charges(
         cursor.execute(
             f"INSERT INTO {account} (provider_id, service_id) SELECT DISTINCT %s::bigint, s.service_id FROM {_STAGE} s "  # noqa: S608
             f"WHERE NOT EXISTS (SELECT 1 FROM {account} a WHERE a.provider_id = %s AND a.service_id = s.service_id) "
-            "ON CONFLICT DO NOTHING",
+            "ORDER BY s.service_id ON CONFLICT DO NOTHING",  # in one order, as _account_ids: no wait in a cycle
             [provider.pk, provider.pk],
         )
         # the unique index is the lookup: a txid already recorded (or committed meanwhile by a simultaneous report,

@@ -19,9 +19,10 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import threading
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import polars as pl
@@ -451,7 +452,9 @@ def _dues(world: _World, params: Parameters, today: dt.date) -> pl.DataFrame:
         .join(_read(["instructed"])["instructed"], on=["resident", "measure"], how="left")
         .with_columns(pl.col("total", "n").fill_null(0))
         .filter(pl.col("cumulative") != pl.col("total"))
-        .sort("resident", "measure")
+        # a resident's measures in the order the per-resident engine posts them (MEASURES): the two take a
+        # resident's entry keys in one order and never wait for each other in a cycle
+        .sort(pl.col("resident"), pl.col("measure").replace_strict(MEASURE_CODE, return_dtype=pl.Int8))
         .with_columns(amount=pl.col("cumulative") - pl.col("total"), ordinal=pl.col("n") + 1)
     )
     # the facts behind each due: the application, and the transactions that count (in time order) or the
@@ -544,7 +547,7 @@ def _insert(
 
 
 def _post_chunk(dues: pl.DataFrame, params: Parameters, now: dt.datetime, who: Actor) -> None:
-    providers = {p.pk: p for p in Provider.objects.filter(pk__in=dues["provider"].unique().to_list())}
+    providers = _providers_of(dues)
     payables = {pk: payable(p.key) for pk, p in providers.items()}
     account_ids = _ledger_accounts({BUDGET, *payables.values()})
     measure, amount = pl.col("measure"), pl.col("amount")
@@ -649,30 +652,94 @@ def run_grants_batch(
     today: dt.date,
     now: dt.datetime,
     who: Actor,
-    chunk: int = 10_000,
+    chunk: int = 5_000,
+    writers: int = 2,
     progress: Callable[[int, int], None] | None = None,
 ) -> GrantRunReport:
     """Instruct everything due today for the whole population, in chunks of durable transactions of
-    ``chunk`` grants each (each commit costs a WAL flush and an audit event; a killed run loses one chunk)."""
+    ``chunk`` grants each (each commit costs a WAL flush and an audit event; a killed run loses one chunk).
+
+    On PostgreSQL, outside a transaction of the caller, ``writers`` connections post the chunks side by side
+    (PostgreSQL writes one chunk while the next is prepared and written on the other core): each chunk is still
+    one transaction, a provider's cursor positions still commit in order (its GrantSequence row is locked from
+    its grants to the commit), and the ledger accounts are made
+    first, so the chunks share no other row than those and the audit head, taken in one order."""
     params = parameters()
     report = GrantRunReport()
     for _attempt in range(3):
         world = load_frames(params)
         dues = _dues(world, params, today)
         report.residents = world.residents.height
+        parts = [dues.slice(start, chunk) for start in range(0, dues.height, chunk)]
+        done = _Tally(report, dues.height, progress)
         try:
-            for start in range(0, dues.height, chunk):
-                part = dues.slice(start, chunk)
+            # other connections see only what is committed: side by side only outside the caller's transaction
+            side_by_side = not connection.in_atomic_block and connection.vendor == "postgresql"
+            if writers > 1 and len(parts) > 1 and side_by_side:
                 with transaction.atomic(durable=True):
-                    _post_chunk(part, params, now, who)
-                amounts = part["amount"]
-                report.grants += int((amounts > 0).sum())
-                report.clawbacks += int((amounts < 0).sum())
-                report.points += int(amounts.sum())
-                if progress:
-                    progress(min(start + chunk, dues.height), dues.height)
+                    _ledger_accounts({BUDGET, *(payable(p.key) for p in _providers_of(dues).values())})
+                _post_side_by_side(parts, writers, params, now, who, done)
+            else:
+                for part in parts:
+                    with transaction.atomic(durable=True):
+                        _post_chunk(part, params, now, who)
+                    done.add(part)
             return report
         except IntegrityError:  # another run posted some of these first: recompute what is left
             report.retried += 1
     report.errors.append("could not post after 3 attempts (another run kept posting the same grants)")
     return report
+
+
+def _providers_of(dues: pl.DataFrame) -> dict[int, Provider]:
+    return {p.pk: p for p in Provider.objects.filter(pk__in=dues["provider"].unique().to_list())}
+
+
+@dataclass
+class _Tally:
+    """What the committed chunks instructed, for the report and the progress callback (thread-safe)."""
+
+    report: GrantRunReport
+    total: int
+    progress: Callable[[int, int], None] | None
+    posted: int = 0
+    guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, part: pl.DataFrame) -> None:
+        amounts = part["amount"]
+        with self.guard:
+            self.report.grants += int((amounts > 0).sum())
+            self.report.clawbacks += int((amounts < 0).sum())
+            self.report.points += int(amounts.sum())
+            self.posted += part.height
+            if self.progress:
+                self.progress(self.posted, self.total)
+
+
+def _post_side_by_side(
+    parts: list[pl.DataFrame], writers: int, params: Parameters, now: dt.datetime, who: Actor, done: _Tally
+) -> None:
+    """Post the chunks on ``writers`` threads, each with its own connection (chunks i, i + writers, ...). An
+    IntegrityError in any (another run posted first) is raised here once all have stopped."""
+    failures: list[BaseException] = []
+
+    def write(mine: list[pl.DataFrame]) -> None:
+        try:
+            for part in mine:
+                if failures:
+                    return
+                with transaction.atomic(durable=True):
+                    _post_chunk(part, params, now, who)
+                done.add(part)
+        except BaseException as exc:  # handed to the caller below
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=write, args=(parts[i::writers],)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise next((f for f in failures if isinstance(f, IntegrityError)), failures[0])

@@ -394,8 +394,8 @@ def test_reconciliation_lists_every_discrepancy(
 def test_two_fixes_of_one_claim_at_once_fix_it_once(
     providers: dict[str, Provider], make_resident: Callable[..., Resident]
 ) -> None:
-    """Both threads start together; the provider's row lock (SQLite: BEGIN IMMEDIATE) makes the second wait
-    for the first to commit, and then find the claim fixed. Its postings are settled once."""
+    """Both threads start together; the provider's settlement lock (SQLite: BEGIN IMMEDIATE) makes the second
+    wait for the first to commit, and then find the claim fixed. Its postings are settled once."""
     wallet = providers["wallet"]
     for _, grant in _granted(make_resident, [20000, 8000]):
         _ack(grant, wallet, at(7, 3))
@@ -424,3 +424,35 @@ def test_two_fixes_of_one_claim_at_once_fix_it_once(
     assert ClaimItem.objects.count() == 2
     assert AuditEvent.objects.filter(action="claim_fixed").count() == 1
     assert verify_claim(claim=fixed[0]) == []
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("flushable")
+def test_a_settlement_in_progress_holds_up_other_settlements_of_the_provider_not_its_applications(
+    providers: dict[str, Provider],
+) -> None:
+    """While one transaction settles a provider, another connection can read the provider's row under FOR
+    SHARE at once (what an application does, Q14) but cannot take the provider's settlement lock."""
+    if connection.vendor != "postgresql":
+        pytest.skip(
+            "needs PostgreSQL: SQLite has no row or advisory locks (IMMEDIATE serialises the writers)"
+        )
+    import psycopg
+
+    from mynapoint.settlement.services import SETTLEMENT_LOCKS, _lock_provider
+
+    wallet = providers["wallet"]
+    params = connection.get_connection_params()
+    other = psycopg.connect(**{k: v for k, v in params.items() if k != "cursor_factory"}, autocommit=True)
+    try:
+        with transaction.atomic():
+            _lock_provider(wallet)
+            table = Provider._meta.db_table
+            row = other.execute(f"SELECT id FROM {table} WHERE id = %s FOR SHARE NOWAIT", [wallet.pk])  # noqa: S608
+            assert row.fetchall() == [(wallet.pk,)]  # an application does not wait
+            taken = other.execute("SELECT pg_try_advisory_lock(%s, %s)", [SETTLEMENT_LOCKS, wallet.pk])
+            assert taken.fetchone() == (False,)  # another settlement of this provider does
+        taken = other.execute("SELECT pg_try_advisory_lock(%s, %s)", [SETTLEMENT_LOCKS, wallet.pk])
+        assert taken.fetchone() == (True,)  # released with the transaction
+    finally:
+        other.close()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 from django.db import connection, transaction
 from django.db.models import Max, QuerySet, Sum
@@ -60,11 +60,18 @@ def _jst_day(now: dt.datetime) -> dt.date:
     return now.astimezone(JST).date()
 
 
+SETTLEMENT_LOCKS: Final = 0x5345_5454  # the advisory-lock space of settlement: one lock per provider
+
+
 def _lock_provider(provider: Provider) -> Provider:
-    queryset = Provider.objects.filter(pk=provider.pk)
+    """Serialise the settlement of one provider (claims computed, fixed, settled one at a time) until the
+    transaction ends. On PostgreSQL an advisory lock keyed by the provider, not its row: applications to the
+    provider read that row under FOR SHARE (Q14) and must not wait while a claim is computed. SQLite's
+    IMMEDIATE transactions serialise the writers already."""
     if connection.vendor == "postgresql":
-        queryset = queryset.select_for_update(no_key=True)
-    return queryset.get()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [SETTLEMENT_LOCKS, provider.pk])
+    return Provider.objects.get(pk=provider.pk)
 
 
 def _fixed(provider: Provider) -> QuerySet[Claim]:

@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from django.db import connection
 
 from mynapoint.bench.provider import drop_database
 
@@ -31,9 +30,8 @@ POSITIVE = (
 
 
 @pytest.mark.slow
+@pytest.mark.postgres(NEEDS_POSTGRES)
 def test_provider_benchmark_runs_over_http_and_stores_every_transaction(tmp_path: Path) -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip(NEEDS_POSTGRES)
     admin_url = urlsplit(os.environ["MYNAPOINT_DATABASE_URL"])._replace(path="/postgres").geturl()
     name = f"mynapoint_bench_smoke_{os.getpid()}"
     env = {**os.environ, "MYNAPOINT_DATA_DIR": str(tmp_path)}

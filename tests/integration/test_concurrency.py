@@ -63,8 +63,6 @@ def racing(settings: Settings) -> None:
 
 @pytest.fixture
 def without_locks(settings: Settings) -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip(SQLITE_SERIALISES)
     settings.MYNAPOINT_APPLICATION_LOCKS = False
 
 
@@ -173,6 +171,7 @@ def test_parent_and_child_applying_at_once_with_one_account_link_it_to_one_of_th
     assert verify_chain().ok
 
 
+@pytest.mark.postgres(SQLITE_SERIALISES)
 def test_control_without_the_account_lock_parent_and_child_both_get_the_account(
     without_locks: None, racing: None, parent_and_child: Callable[[int], Family]
 ) -> None:
@@ -241,6 +240,7 @@ def test_one_resident_applying_twice_at_once_is_accepted_once(
     assert verify_chain().ok
 
 
+@pytest.mark.postgres(SQLITE_SERIALISES)
 def test_control_without_the_resident_lock_both_pass_the_rules_and_the_database_refuses_one(
     without_locks: None, racing: None, double_submit: Callable[[int], DoubleSubmit]
 ) -> None:

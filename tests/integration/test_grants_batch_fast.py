@@ -10,7 +10,6 @@ from typing import Any
 
 import polars as pl
 import pytest
-from django.db import connection
 from support import FEED, NOW, SELF
 
 from mynapoint.applications.models import PaymentAccount
@@ -61,11 +60,10 @@ def test_an_entry_names_its_transactions_in_time_order_with_their_ids_as_sent(
     assert verify_programme_ledger().ok, verify_programme_ledger().problems
 
 
+@pytest.mark.postgres("the COPY path is PostgreSQL's; elsewhere the ORM path is the only one")
 def test_copy_reads_the_same_facts_as_the_orm(
     providers: dict[str, Provider], make_resident: Callable[..., Resident]
 ) -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip("the COPY path is PostgreSQL's; elsewhere the ORM path is the only one")
     resident, account = _linked(make_resident, 2)
     record_death(resident=resident, died=dt.date(2022, 9, 3), now=NOW, who=FEED)
     make_resident(kana="テスト フェーズ", phase1_applied=dt.date(2021, 5, 1), phase1_account="wallet/F2",

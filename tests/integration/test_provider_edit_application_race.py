@@ -63,12 +63,6 @@ def _flushable(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> Ite
         yield
 
 
-@pytest.fixture
-def row_locks() -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip(NO_ROW_LOCKS)
-
-
 _runs: list[_Run] = []
 
 
@@ -250,8 +244,9 @@ def wallet() -> Provider:
 # -------------------------------------------------------------------- 1. an edit in progress, an application
 
 
+@pytest.mark.postgres(NO_ROW_LOCKS)
 def test_an_application_waits_for_an_edit_removing_its_mode_and_is_refused(
-    row_locks: None, held_edit: _Hold, applicant: Resident
+    held_edit: _Hold, applicant: Resident
 ) -> None:
     edit_hold = held_edit
     edit = _Run("edit", editing(modes=["purchase"]))
@@ -273,8 +268,9 @@ def test_an_application_waits_for_an_edit_removing_its_mode_and_is_refused(
     assert verify_chain().ok
 
 
+@pytest.mark.postgres(NO_ROW_LOCKS)
 def test_an_application_waits_for_an_edit_removing_its_measure_and_is_refused(
-    row_locks: None, held_edit: _Hold, applicant: Resident
+    held_edit: _Hold, applicant: Resident
 ) -> None:
     edit_hold = held_edit
     edit = _Run("edit", editing(measures=["premium", "public_fund"]))
@@ -293,8 +289,9 @@ def test_an_application_waits_for_an_edit_removing_its_measure_and_is_refused(
     assert accepted(applicant) == []
 
 
+@pytest.mark.postgres(NO_ROW_LOCKS)
 def test_an_application_waits_for_an_edit_closing_applications_and_the_rules_refuse_it(
-    row_locks: None, held_edit: _Hold, applicant: Resident
+    held_edit: _Hold, applicant: Resident
 ) -> None:
     """The edit, on 1 July, ends the wallet's applications that day; the application comes just after
     midnight: it waits, reads the new deadline, and the rules record their reason."""
@@ -327,8 +324,8 @@ def test_an_application_waits_for_an_edit_closing_applications_and_the_rules_ref
     ],
     ids=["mode", "measure"],
 )
+@pytest.mark.postgres(NO_ROW_LOCKS)
 def test_an_edit_waits_for_an_application_in_progress_and_is_refused(
-    row_locks: None,
     held_application: _Hold,
     applicant: Resident,
     change: dict[str, Any],
@@ -358,8 +355,9 @@ def test_an_edit_waits_for_an_application_in_progress_and_is_refused(
 # -------------------------------------------------------------------- controls: the application's locks off
 
 
+@pytest.mark.postgres(NO_ROW_LOCKS)
 def test_control_without_the_lock_an_application_commits_a_mode_an_edit_in_progress_removes(
-    row_locks: None, without_locks: None, held_edit: _Hold, applicant: Resident
+    without_locks: None, held_edit: _Hold, applicant: Resident
 ) -> None:
     edit_hold = held_edit
     edit = _Run("edit", editing(modes=["purchase"]))
@@ -377,8 +375,9 @@ def test_control_without_the_lock_an_application_commits_a_mode_an_edit_in_progr
     assert accepted(applicant) == [("premium", "charge")], "an accepted application with a mode not offered"
 
 
+@pytest.mark.postgres(NO_ROW_LOCKS)
 def test_control_without_the_lock_an_edit_removes_the_mode_of_an_application_in_progress(
-    row_locks: None, without_locks: None, held_application: _Hold, applicant: Resident
+    without_locks: None, held_application: _Hold, applicant: Resident
 ) -> None:
     application_hold = held_application
     application = _Run("application", applying(applicant, mode="charge"))
@@ -399,8 +398,8 @@ def test_control_without_the_lock_an_edit_removes_the_mode_of_an_application_in_
 # -------------------------------------------------------------------- no contention between applications
 
 
+@pytest.mark.postgres(NO_ROW_LOCKS)
 def test_two_applications_on_one_provider_hold_its_lock_together(
-    row_locks: None,
     settings: Settings,
     providers: dict[str, Provider],
     make_resident: Callable[..., Resident],

@@ -56,9 +56,10 @@ def _waits_for(waiter: int, holder: int) -> bool:
         return cursor.fetchone() is not None
 
 
+@pytest.mark.postgres(
+    "SQLite serialises writers at BEGIN IMMEDIATE, before anything is read: no race to show"
+)
 def test_an_edit_is_checked_against_what_a_concurrent_edit_left() -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip("SQLite serialises writers at BEGIN IMMEDIATE, before anything is read: no race to show")
     onboard_provider(key="paypay", name_ja="ペイペイ", kind="qr", modes=["charge"], now=NOW)
     pids: dict[str, int] = {}
     holding, release = threading.Event(), threading.Event()

@@ -426,6 +426,7 @@ def test_two_fixes_of_one_claim_at_once_fix_it_once(
     assert verify_claim(claim=fixed[0]) == []
 
 
+@pytest.mark.postgres("SQLite has no row or advisory locks (IMMEDIATE serialises the writers)")
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("flushable")
 def test_a_settlement_in_progress_holds_up_other_settlements_of_the_provider_not_its_applications(
@@ -433,10 +434,6 @@ def test_a_settlement_in_progress_holds_up_other_settlements_of_the_provider_not
 ) -> None:
     """While one transaction settles a provider, another connection can read the provider's row under FOR
     SHARE at once (what an application does, Q14) but cannot take the provider's settlement lock."""
-    if connection.vendor != "postgresql":
-        pytest.skip(
-            "needs PostgreSQL: SQLite has no row or advisory locks (IMMEDIATE serialises the writers)"
-        )
     import psycopg
 
     from mynapoint.settlement.services import SETTLEMENT_LOCKS, _lock_provider

@@ -27,7 +27,16 @@ from typing import Generic, TypeVar
 
 from django.db import connection
 
-__all__ = ["AFTER_READ", "LockWait", "RaceOutcome", "after_read", "flushable_database", "race"]
+__all__ = [
+    "AFTER_READ",
+    "LockWait",
+    "RaceOutcome",
+    "after_read",
+    "backend_pid",
+    "blocked_by",
+    "flushable_database",
+    "race",
+]
 
 AFTER_READ = "concurrency_hooks.after_read"  # the dotted path for MYNAPOINT_APPLICATION_AFTER_READ_HOOK
 
@@ -91,12 +100,24 @@ class RaceOutcome(Generic[T]):
     lock_waits: tuple[LockWait, ...]  # PostgreSQL: a thread seen waiting on a lock another thread held
 
 
-def _backend_pid() -> int:
+def backend_pid() -> int:
+    """This thread's PostgreSQL backend."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         row = cursor.fetchone()
     assert row is not None
     return int(row[0])
+
+
+def blocked_by(waiter: int, holder: int) -> bool:
+    """Whether backend ``waiter`` is waiting now on a lock that backend ``holder`` holds."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock' "
+            "AND %s = ANY(pg_blocking_pids(pid))",
+            [waiter, holder],
+        )
+        return cursor.fetchone() is not None
 
 
 def _lock_waits(pids: Mapping[int, str]) -> list[LockWait]:
@@ -128,7 +149,7 @@ def race(
     def work(name: str, call: Callable[[], T]) -> None:
         try:
             if postgres:
-                pids[_backend_pid()] = name
+                pids[backend_pid()] = name
             start.wait(deadline)
             results[name] = call()
         except BaseException as error:  # reported to the test, which asserts on it

@@ -20,12 +20,12 @@ serialises the two on its own and hides the race.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-from concurrency_hooks import AFTER_READ, LockWait, RaceOutcome, flushable_database, race
+from concurrency_hooks import AFTER_READ, LockWait, RaceOutcome, race
 from django.db import IntegrityError, connection
-from pytest_django import DjangoDbBlocker, Settings
+from pytest_django import Settings
 from support import NOW, SELF
 
 from mynapoint.applications.models import ApplicationStatus, PaymentAccount, PointApplication
@@ -34,7 +34,7 @@ from mynapoint.audit.selectors import verify_chain
 from mynapoint.identity.models import Resident
 from mynapoint.providers.models import Provider
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("flushable")]
 
 ROUNDS = 5
 # How long the first thread waits at the barrier for the second. With the locks on, PostgreSQL breaks the
@@ -47,13 +47,6 @@ SQLITE_SERIALISES = (
     "SQLite serialises all writers: BEGIN IMMEDIATE takes the database's write lock before anything is read, "
     "so without the row locks there is still no race to show"
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _flushable(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> Iterator[None]:
-    """Each test here ends by flushing the database (it is transactional: the threads must see its rows)."""
-    with django_db_blocker.unblock(), flushable_database():
-        yield
 
 
 @pytest.fixture

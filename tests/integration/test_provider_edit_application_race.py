@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from concurrency_hooks import AFTER_READ, flushable_database, race
+from concurrency_hooks import AFTER_READ, backend_pid, blocked_by, race
 from django.db import connection
-from pytest_django import DjangoDbBlocker, Settings
+from pytest_django import Settings
 from support import NOW, SELF
 
 import mynapoint.applications.services as application_services
@@ -46,7 +46,7 @@ from mynapoint.identity.models import Resident
 from mynapoint.providers.models import Provider
 from mynapoint.providers.services import ProviderError, ProviderUpdate, update_provider
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("flushable")]
 
 WAIT = 30.0
 NO_ROW_LOCKS = (
@@ -54,13 +54,6 @@ NO_ROW_LOCKS = (
     "settings are read, so an edit and an application never interleave"
 )
 HOLD_APPLICATION = f"{__name__}.hold_application"  # the after-read seam, pointed at this module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _flushable(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> Iterator[None]:
-    """The tests are transactional (the threads must see their rows), so each ends by flushing the database."""
-    with django_db_blocker.unblock(), flushable_database():
-        yield
 
 
 _runs: list[_Run] = []
@@ -158,11 +151,7 @@ class _Run:
 
     def _run(self) -> None:
         try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_backend_pid()")
-                row = cursor.fetchone()
-            assert row is not None
-            self.pid = int(row[0])
+            self.pid = backend_pid()
             self._started.set()
             self.result = self.call()
         except BaseException as error:  # reported to the test, which asserts on it
@@ -179,14 +168,8 @@ def _waits_for(waiter: _Run, holder: _Run) -> bool:
     """Whether ``waiter`` is seen, within WAIT seconds, waiting on a lock that ``holder`` holds."""
     give_up = time.monotonic() + WAIT
     while time.monotonic() < give_up and waiter.thread.is_alive():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock' "
-                "AND %s = ANY(pg_blocking_pids(pid))",
-                [waiter.pid, holder.pid],
-            )
-            if cursor.fetchone() is not None:
-                return True
+        if blocked_by(waiter.pid, holder.pid):
+            return True
         time.sleep(0.01)
     return False
 

@@ -15,45 +15,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from concurrency_hooks import flushable_database
+from concurrency_hooks import backend_pid, blocked_by
 from django.db import connection, transaction
-from pytest_django import DjangoDbBlocker
 from support import NOW
 
 from mynapoint.providers.models import Provider
 from mynapoint.providers.services import ProviderError, onboard_provider, update_provider
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("flushable")]
 WAIT = 30.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _flushable(django_db_setup: None, django_db_blocker: DjangoDbBlocker) -> Iterator[None]:
-    """The test is transactional (the threads must see its rows), so it ends by flushing the database."""
-    with django_db_blocker.unblock(), flushable_database():
-        yield
-
-
-def _backend_pid() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        row = cursor.fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def _waits_for(waiter: int, holder: int) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock' "
-            "AND %s = ANY(pg_blocking_pids(pid))",
-            [waiter, holder],
-        )
-        return cursor.fetchone() is not None
 
 
 @pytest.mark.postgres(
@@ -67,7 +40,7 @@ def test_an_edit_is_checked_against_what_a_concurrent_edit_left() -> None:
 
     def other_edit() -> None:  # in progress: the row locked, the provider made a credit card
         try:
-            pids["other"] = _backend_pid()
+            pids["other"] = backend_pid()
             with transaction.atomic():
                 Provider.objects.select_for_update(no_key=True).get(key="paypay")
                 Provider.objects.filter(key="paypay").update(kind="credit", modes=["purchase"])
@@ -78,7 +51,7 @@ def test_an_edit_is_checked_against_what_a_concurrent_edit_left() -> None:
 
     def this_edit() -> None:
         try:
-            pids["this"] = _backend_pid()
+            pids["this"] = backend_pid()
             outcome["result"] = update_provider(provider_key="paypay", modes=["charge", "purchase"], now=NOW)
         except ProviderError as error:
             outcome["error"] = error
@@ -93,7 +66,7 @@ def test_an_edit_is_checked_against_what_a_concurrent_edit_left() -> None:
     give_up = time.monotonic() + WAIT
     waited = False
     while not waited and time.monotonic() < give_up and this.is_alive():
-        waited = "this" in pids and _waits_for(pids["this"], pids["other"])
+        waited = "this" in pids and blocked_by(pids["this"], pids["other"])
         time.sleep(0.01)
     release.set()
     other.join(WAIT)

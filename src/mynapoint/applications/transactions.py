@@ -654,26 +654,44 @@ def record_batch(
                 not created
             ):  # a repeated batch changed nothing: nothing to audit (as a repeated single report)
                 return result
-            record(
-                who=who,
-                action="transaction_batch_recorded",
-                subject_type="provider",
-                subject_id=provider.key,
-                before=None,
-                after={
-                    "items": len(items),
-                    "created": created,
-                    "unchanged": result.unchanged,
-                    "transactions_created": len(new_tx),
-                    "refunds_created": len(new_refunds),
-                    "accounts": len(account_ids),
-                    "digest": _batch_digest(items),
-                },
-                at=now,
-            )
+            _audit_batch(
+                who, provider, result, transactions=len(new_tx), refunds=len(new_refunds),
+                accounts=len(account_ids), digest=_batch_digest(items), now=now,
+            )  # fmt: skip
             return result
 
     return _once(attempt)
+
+
+def _audit_batch(
+    who: Actor,
+    provider: Provider,
+    result: BatchResult,
+    *,
+    transactions: int,
+    refunds: int,
+    accounts: int,
+    digest: str,
+    now: dt.datetime,
+) -> None:
+    """One audit event for a recorded batch (counts and a digest of the items), not one per row."""
+    record(
+        who=who,
+        action="transaction_batch_recorded",
+        subject_type="provider",
+        subject_id=provider.key,
+        before=None,
+        after={
+            "items": result.created + result.unchanged,
+            "created": result.created,
+            "unchanged": result.unchanged,
+            "transactions_created": transactions,
+            "refunds_created": refunds,
+            "accounts": accounts,
+            "digest": digest,
+        },
+        at=now,
+    )
 
 
 def _insert_rows(model: type[Model], fields: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
@@ -914,21 +932,8 @@ def _store_charges(
         if not created:
             return result
         accounts = charges.filter(pl.Series(statuses) == "created")["service_id"].n_unique()
-        record(
-            who=who,
-            action="transaction_batch_recorded",
-            subject_type="provider",
-            subject_id=provider.key,
-            before=None,
-            after={
-                "items": count,
-                "created": created,
-                "unchanged": len(known),
-                "transactions_created": created,
-                "refunds_created": 0,
-                "accounts": accounts,
-                "digest": _charges_digest(charges),
-            },
-            at=now,
-        )
+        _audit_batch(
+            who, provider, result, transactions=created, refunds=0, accounts=accounts,
+            digest=_charges_digest(charges), now=now,
+        )  # fmt: skip
         return result

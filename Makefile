@@ -80,7 +80,7 @@ bench: $(STAMP)
 	$(BIN)/mynapoint bench rules
 	$(BIN)/mynapoint bench logins
 	@if command -v pg_isready >/dev/null 2>&1 && pg_isready -q -h 127.0.0.1 -p 5432; then \
-	  $(BIN)/mynapoint bench provider; else echo "provider benchmark skipped: no PostgreSQL on 127.0.0.1:5432"; fi
+	  $(BIN)/mynapoint bench provider --repeat 3; else echo "provider benchmark skipped: no PostgreSQL on 127.0.0.1:5432"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,11 @@ def bench_rules(residents: int, batch_residents: int, seed: int, as_json: bool) 
         click.echo(json.dumps(figures, indent=2))
 
 
+def _count_option(flag: str, default: int, text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A whole number of at least 1."""
+    return click.option(flag, default=default, show_default=True, type=click.IntRange(min=1), help=text)
+
+
 @bench.command("provider")
 @click.option(
     "--admin-url",
@@ -201,15 +207,12 @@ def bench_rules(residents: int, batch_residents: int, seed: int, as_json: bool) 
 @click.option("--residents", default=20_000, show_default=True)
 @click.option("--transactions", default=100_000, show_default=True)
 @click.option("--batch-size", default=10_000, show_default=True)
-@click.option(
-    "--workers", default=2, show_default=True, type=click.IntRange(min=1), help="gunicorn sync workers."
-)
-@click.option(
-    "--clients",
-    default=2,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Client threads posting the batches at once.",
+@_count_option("--workers", 2, "gunicorn sync workers.")
+@_count_option("--clients", 2, "Client threads posting the batches at once.")
+@_count_option(
+    "--repeat",
+    1,
+    "Runs, each on a fresh database; the figures are the median run's, with every run's throughput.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON at the end.")
 def bench_provider(
@@ -220,26 +223,45 @@ def bench_provider(
     batch_size: int,
     workers: int,
     clients: int,
+    repeat: int,
     as_json: bool,
 ) -> None:
     """Transactions per second from the provider batch API, over HTTP (gunicorn), to ledger postings, against
     COPY of the same rows (PostgreSQL)."""
     import os
 
-    from mynapoint.bench.provider import prepare_database, run_provider_benchmark
+    from django.db import connections
 
-    url = prepare_database(admin_url, database_name)
-    os.environ["MYNAPOINT_DATABASE_URL"] = url
-    _django()
-    figures = run_provider_benchmark(
-        residents=residents,
-        transactions=transactions,
-        batch_size=batch_size,
-        workers=workers,
-        clients=clients,
-        database_url=url,
-        echo=click.echo,
-    )
+    from mynapoint.bench.provider import prepare_database, run_provider_benchmark, summarise
+
+    runs = []
+    for run in range(1, repeat + 1):
+        if repeat > 1:
+            click.echo(f"— run {run} of {repeat} —")
+        if run > 1:
+            connections.close_all()  # the database is made again: connect to the new one
+        url = prepare_database(admin_url, database_name)
+        os.environ["MYNAPOINT_DATABASE_URL"] = url
+        _django()
+        runs.append(
+            run_provider_benchmark(
+                residents=residents,
+                transactions=transactions,
+                batch_size=batch_size,
+                workers=workers,
+                clients=clients,
+                database_url=url,
+                echo=click.echo,
+            )
+        )
+    figures = summarise(runs)
+    if repeat > 1:
+        each = ", ".join(f"{rate:,}" for rate in figures["end_to_end_tx_per_s_each"])
+        click.echo(
+            f"median of {repeat} runs: {figures['end_to_end_tx_per_s']:,} tx/s end to end ({each}); "
+            f"{figures['ratio_to_copy']:.1%} of plain COPY, {figures['ratio_to_shaped_copy']:.1%} of COPY into "
+            "the transactions table's shape"
+        )
     if as_json:
         click.echo(json.dumps(figures, indent=2))
 

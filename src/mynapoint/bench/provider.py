@@ -20,6 +20,12 @@ Baselines, same rows, same database, same run:
 The ratios are end-to-end throughput over each baseline's. After the run the rows are counted (every
 transaction posted is stored once, the ledger has postings) and the ledger is verified; the verification is
 timed and reported apart from the throughput.
+
+Where ``/proc`` exists (Linux), each phase also says how busy the machine's cores were and how the busy time
+divides between the Python processes (the clients and gunicorn's workers; the grant engine) and the rest
+(PostgreSQL's backends, and anything else running): on a machine whose cores are all busy, throughput grows
+only with less work per transaction or more cores. A machine shared with other work gives runs that differ by
+a sixth or more: ``--repeat`` runs the whole benchmark again on a fresh database and reports the median run.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-__all__ = ["BENCH_DB", "drop_database", "prepare_database", "run_provider_benchmark"]
+__all__ = ["BENCH_DB", "drop_database", "prepare_database", "run_provider_benchmark", "summarise"]
 
 BENCH_DB = "mynapoint_bench"
 WSGI_APP = "mynapoint.config.wsgi:application"
@@ -290,6 +296,76 @@ def _post_batches(url: str, key: str, bodies: list[bytes], clients: int) -> _Ing
     return result
 
 
+# ------------------------------------------------------------------------------------------------ CPU
+
+
+@dataclass(frozen=True)
+class _Cpu:
+    """CPU seconds read off Linux's /proc: the whole machine's busy and total time (every core), and the time
+    of the processes named (this one with its threads, gunicorn's workers)."""
+
+    busy: float
+    total: float
+    processes: float
+
+
+def _ticks() -> float:
+    return float(os.sysconf("SC_CLK_TCK"))
+
+
+def _process_seconds(pid: int) -> float:
+    """User and system CPU seconds of a live process (all its threads); 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _ticks()  # utime, stime (fields 14 and 15 of stat(5))
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                    if int(stat.read().rpartition(")")[2].split()[1]) == parent:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def _cpu(pids: list[int]) -> _Cpu | None:
+    """A reading of the machine's CPU time (None where there is no /proc/stat)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            jiffies = [int(v) for v in stat.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = jiffies[3] + jiffies[4]  # idle, iowait
+    return _Cpu(
+        busy=(sum(jiffies) - idle) / _ticks(),
+        total=sum(jiffies) / _ticks(),
+        processes=sum(_process_seconds(pid) for pid in pids),
+    )
+
+
+def _cpu_split(before: _Cpu | None, after: _Cpu | None) -> dict[str, float] | None:
+    """Core-seconds the machine was busy between two readings, the share of all cores, and how much of it the
+    processes named took (the rest is PostgreSQL's backends and whatever else runs on the machine)."""
+    if before is None or after is None or after.total <= before.total:
+        return None
+    busy = after.busy - before.busy
+    mine = after.processes - before.processes
+    return {
+        "busy_core_seconds": round(busy, 2),
+        "busy_share": round(busy / (after.total - before.total), 3),
+        "python_core_seconds": round(mine, 2),
+        "rest_core_seconds": round(max(busy - mine, 0.0), 2),
+    }
+
+
 # ------------------------------------------------------------------------------------------------ the run
 
 
@@ -405,11 +481,16 @@ def run_provider_benchmark(
             f"posting {transactions:,} transactions in {len(bodies)} batches of {batch_size:,} "
             f"({sum(map(len, bodies)) / 1e6:.1f} MB of JSON) with {clients} clients over HTTP ..."
         )
+        python = [os.getpid(), *_children(server.process.pid)]  # this process (the clients), the workers
+        cpu_before = _cpu(python)
         ingest = _post_batches(server.url, key, bodies, clients)
+        ingest_cpu = _cpu_split(cpu_before, _cpu(python))
         server_version = server.version
+    cpu_before = _cpu([os.getpid()])
     t1 = time.perf_counter()
     report = run_grants_batch(today=dt.date(2022, 12, 31), now=now + dt.timedelta(days=200), who=office)
     grants = time.perf_counter() - t1
+    grants_cpu = _cpu_split(cpu_before, _cpu([os.getpid()]))
     total = ingest.seconds + grants
 
     # correct before fast: every transaction stored once, grants posted to the ledger
@@ -483,6 +564,9 @@ def run_provider_benchmark(
         "ledger_entries": verified.entries,
         "ledger_verify_seconds": round(verify_s, 3),
         "database": connection.settings_dict["NAME"],
+        "cores": os.cpu_count(),
+        "ingest_cpu": ingest_cpu,
+        "grant_engine_cpu": grants_cpu,
     }
     echo(
         f"batch API over HTTP → durable ledger postings: {figures['end_to_end_tx_per_s']:,} tx/s end to end "
@@ -503,8 +587,29 @@ def run_provider_benchmark(
         f"{figures['shaped_copy_rows_per_s']:,} rows/s ({shaped_s:.2f} s); end to end is "
         f"{end_to_end / shaped_rate:.1%} of it"
     )
+    for phase, split in (("ingest", ingest_cpu), ("grant engine", grants_cpu)):
+        if split:
+            echo(
+                f"CPU during the {phase}: {split['busy_share']:.0%} of {os.cpu_count()} cores busy "
+                f"({split['busy_core_seconds']:.2f} core-s: Python {split['python_core_seconds']:.2f}, "
+                f"PostgreSQL and the rest {split['rest_core_seconds']:.2f})"
+            )
     echo(f"ledger verified in {verify_s:.2f} s ({verified.entries:,} entries; not in the figures above)")
     return figures
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of several runs: those of the median run (by end-to-end throughput; the lower middle of an
+    even count), with every run's throughput and ratios beside them."""
+    ordered = sorted(runs, key=lambda figures: figures["end_to_end_tx_per_s"])
+    median = ordered[(len(ordered) - 1) // 2]
+    return {
+        **median,
+        "runs": len(runs),
+        "end_to_end_tx_per_s_each": [figures["end_to_end_tx_per_s"] for figures in runs],
+        "ratio_to_copy_each": [figures["ratio_to_copy"] for figures in runs],
+        "ratio_to_shaped_copy_each": [figures["ratio_to_shaped_copy"] for figures in runs],
+    }
 
 
 def _copy(raw: Any, statement: str, rows: list[tuple[Any, ...]]) -> float:

@@ -25,7 +25,8 @@ POSITIVE = (
     "api_ingest_seconds", "grant_engine_seconds", "end_to_end_seconds", "end_to_end_tx_per_s",
     "api_ingest_tx_per_s", "copy_seconds", "copy_rows_per_s", "ratio_to_copy", "shaped_copy_seconds",
     "shaped_copy_rows_per_s", "ratio_to_shaped_copy", "ledger_verify_seconds", "batch_seconds_mean",
-    "batch_seconds_max", "grants", "ledger_postings", "ledger_entries",
+    "batch_seconds_max", "grants", "ledger_postings", "ledger_entries", "pull_seconds", "ack_seconds",
+    "acks_per_s",
 )  # fmt: skip
 
 
@@ -74,15 +75,30 @@ def test_provider_benchmark_runs_over_http_and_stores_every_transaction(tmp_path
         for key in POSITIVE:
             assert figures[key] > 0, (key, figures)
         assert figures["ledger_postings"] >= 2 * figures["grants"]  # double entry: a debit and a credit
+        # the provider's side: every grant pulled, page by page, and acknowledged
+        assert figures["grants_pulled"] == figures["acknowledged"] == figures["grants"]
+        assert (
+            figures["grant_pages"] == -(-figures["grants"] // 1000) + 1
+        )  # pages of 1,000, then an empty one
+        assert (
+            figures["ledger_entries"] == 2 * figures["grants"]
+        )  # an instruction and an acknowledgement each
         # the database says the same as the figures
         with psycopg.connect(urlsplit(admin_url)._replace(path=f"/{name}").geturl()) as conn:
             stored = conn.execute("SELECT count(*) FROM providers_providertransaction").fetchone()
-            postings = conn.execute("SELECT count(*) FROM ledger_posting").fetchone()
+            postings = conn.execute(
+                "SELECT count(*) FROM ledger_posting p JOIN ledger_entry e ON e.id = p.entry_id "
+                "WHERE e.kind = 'grant_instructed'"
+            ).fetchone()
+            acknowledged = conn.execute(
+                "SELECT count(*) FROM grants_grant WHERE status = 'acknowledged' AND provider_reference LIKE 'bench-%'"
+            ).fetchone()
             copied = conn.execute(
                 "SELECT (SELECT count(*) FROM bench_copy), (SELECT count(*) FROM bench_copy_shaped)"
             ).fetchone()
         assert stored == (TRANSACTIONS,)
-        assert postings == (figures["ledger_postings"],)
+        assert postings == (figures["ledger_postings"],)  # what the grant engine posted
+        assert acknowledged == (figures["grants"],)
         assert copied == (TRANSACTIONS, TRANSACTIONS)
     finally:
         drop_database(admin_url, name)

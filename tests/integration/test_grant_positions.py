@@ -24,7 +24,7 @@ from mynapoint.grants.batch import run_grants_batch
 from mynapoint.grants.models import Grant, GrantSequence
 from mynapoint.grants.services import grant_due_points, take_positions
 from mynapoint.identity.models import Resident
-from mynapoint.ledger.services import BUDGET, _account_id, payable
+from mynapoint.ledger.services import BUDGET, account_ids, payable
 from mynapoint.providers.models import Provider
 from mynapoint.providers.services import issue_api_key, onboard_provider
 
@@ -154,7 +154,7 @@ def test_a_grant_committed_after_a_later_id_comes_after_the_cursor_given_in_betw
     in between gets the later grant and a cursor past its id; the next pull from that cursor gets the earlier
     grant (paging by id, it would have been skipped for good)."""
     hanako, taro = charged(api, make_resident, 1), charged(api, make_resident, 2)
-    _account_id(BUDGET), _account_id(payable("wallet"))  # made once, committed: the two do not meet there
+    account_ids({BUDGET, payable("wallet")})  # made once, committed: the two do not meet there
     real = services.take_positions
     written, go = threading.Event(), threading.Event()
 

@@ -53,9 +53,8 @@ from mynapoint.applications.transactions import (
     record_transaction,
 )
 from mynapoint.audit.services import Actor
-from mynapoint.grants.models import Grant, GrantStatus
 from mynapoint.grants.selectors import grant_instructions
-from mynapoint.grants.services import acknowledge_grant
+from mynapoint.grants.services import NotYourGrant, UnknownGrant, acknowledge_grants
 from mynapoint.identity.mynumber import MyNumberRefused, refuse_my_number
 from mynapoint.providers.models import Provider, ProviderApiKey
 from mynapoint.providers.selectors import api_key_for
@@ -696,7 +695,7 @@ def post_csv(request: HttpRequest, file: File[UploadedFile]) -> Any:
 # ------------------------------------------------------------------------------------------------ grants
 
 
-class GrantItem(Schema):
+class GrantItem(pydantic.BaseModel):
     cursor: int = Field(
         description="この付与指示の位置（カーソル）: 通常は grant_id と同じ。後の grant_id が先に確定した付与指示は、"
         "それより後の位置 / this grant's position: its grant_id, unless a grant with a later id committed "
@@ -713,7 +712,9 @@ class GrantItem(Schema):
     status: Literal["instructed", "acknowledged"]
 
 
-class GrantsPage(Schema):
+class GrantsPage(pydantic.BaseModel):  # a plain model: ninja's Schema runs a Python validator per item
+    model_config = pydantic.ConfigDict(from_attributes=True)  # the selector's GrantPage
+
     next_cursor: int = Field(description="次に after に渡す値（項目がなければ渡した after のまま）")
     items: list[GrantItem]
 
@@ -760,36 +761,30 @@ class AckOut(Schema):
     "counts as `already`. All grant ids are checked first: an unknown one is a 404, another provider's a 403.",
 )
 def post_ack(request: HttpRequest, body: AckIn) -> Any:
-    provider, now, who = _provider(request), clock.now(), _who(request)
-    grants = Grant.objects.in_bulk([item.grant_id for item in body.items])
     for index, item in enumerate(body.items):
         refuse_my_number(item.reference, where=f"items[{index}].reference")
-        grant = grants.get(item.grant_id)
-        if grant is None:
-            raise ApiError(
-                404,
-                "unknown_grant",
-                f"items[{index}]: 付与指示 {item.grant_id} が見つかりません",
-                f"items[{index}]: unknown grant_id {item.grant_id}",
-            )
-        if grant.provider_id != provider.pk:
-            raise ApiError(
-                403,
-                "not_your_grant",
-                f"items[{index}]: 付与指示 {item.grant_id} は他の事業者のものです",
-                f"items[{index}]: grant {item.grant_id} belongs to another provider",
-            )
-    acknowledged = already = 0
-    for item in body.items:
-        grant = grants[item.grant_id]
-        if grant.status == GrantStatus.ACKNOWLEDGED:
-            already += 1
-            continue
-        grants[item.grant_id] = acknowledge_grant(
-            grant=grant, provider=provider, reference=item.reference, now=now, who=who
+    try:
+        result = acknowledge_grants(
+            provider=_provider(request),
+            acks=[(item.grant_id, item.reference) for item in body.items],
+            now=clock.now(),
+            who=_who(request),
         )
-        acknowledged += 1
-    return {"acknowledged": acknowledged, "already": already}
+    except UnknownGrant as exc:
+        raise ApiError(
+            404,
+            "unknown_grant",
+            f"items[{exc.index}]: 付与指示 {exc.grant_id} が見つかりません",
+            f"items[{exc.index}]: unknown grant_id {exc.grant_id}",
+        ) from None
+    except NotYourGrant as exc:
+        raise ApiError(
+            403,
+            "not_your_grant",
+            f"items[{exc.index}]: 付与指示 {exc.grant_id} は他の事業者のものです",
+            f"items[{exc.index}]: grant {exc.grant_id} belongs to another provider",
+        ) from None
+    return {"acknowledged": result.acknowledged, "already": result.already}
 
 
 # ------------------------------------------------------------------------------------------------ stops

@@ -52,6 +52,8 @@ __all__ = ["BENCH_DB", "drop_database", "prepare_database", "run_provider_benchm
 BENCH_DB = "mynapoint_bench"
 WSGI_APP = "mynapoint.config.wsgi:application"
 BATCH_PATH = "/api/provider/v1/transactions/batch"
+GRANTS_PATH = "/api/provider/v1/grants"
+ACK_PATH = "/api/provider/v1/grants/ack"
 PROBE_PATH = "/api/provider/v1/grants?limit=1"  # authenticated, reads the database, answers an empty page
 SERVER_START_SECONDS = 60.0
 SERVER_STOP_SECONDS = 30.0
@@ -229,16 +231,18 @@ def _gunicorn(
 
 
 @dataclass
-class _Ingest:
+class _Posted:
     seconds: float = 0.0
-    created: int = 0
-    unchanged: int = 0
+    answers: list[dict[str, Any]] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
 
+    def total(self, name: str) -> int:
+        return sum(int(answer[name]) for answer in self.answers)
 
-def _post_batches(url: str, key: str, bodies: list[bytes], clients: int) -> _Ingest:
-    """Post every body with ``clients`` threads, each taking the next body as its answer arrives; timed from
-    the first request to the last answer.
+
+def _post_all(url: str, key: str, path: str, bodies: list[bytes], clients: int) -> _Posted:
+    """POST every body to ``path`` with ``clients`` threads, each taking the next body as its answer arrives;
+    timed from the first request to the last answer. Any answer but a 200 stops the run.
 
     Each thread has its own ``requests`` session, which keeps its connection alive where the server does.
     gunicorn's sync workers answer ``Connection: close``, so each batch opens a loopback connection (a fraction
@@ -251,7 +255,7 @@ def _post_batches(url: str, key: str, bodies: list[bytes], clients: int) -> _Ing
     pending = list(reversed(bodies))
     starts: list[float] = []
     ends: list[float] = []
-    result = _Ingest()
+    result = _Posted()
     failures: list[BaseException] = []
     go = threading.Barrier(clients)
 
@@ -266,17 +270,16 @@ def _post_batches(url: str, key: str, bodies: list[bytes], clients: int) -> _Ing
                             return
                         body = pending.pop()
                     start = time.perf_counter()
-                    answer = session.post(url + BATCH_PATH, data=body, timeout=REQUEST_TIMEOUT)
+                    answer = session.post(url + path, data=body, timeout=REQUEST_TIMEOUT)
                     end = time.perf_counter()
                     if answer.status_code != 200:
-                        raise RuntimeError(f"batch refused: {answer.status_code} {answer.text[:300]!r}")
+                        raise RuntimeError(f"{path} refused: {answer.status_code} {answer.text[:300]!r}")
                     counts = answer.json()
                     with lock:
                         starts.append(start)
                         ends.append(end)
                         result.latencies.append(end - start)
-                        result.created += int(counts["created"])
-                        result.unchanged += int(counts["unchanged"])
+                        result.answers.append(counts)
             except BaseException as exc:
                 with lock:
                     failures.append(exc)
@@ -294,6 +297,34 @@ def _post_batches(url: str, key: str, bodies: list[bytes], clients: int) -> _Ing
         raise failures[0]
     result.seconds = max(ends) - min(starts)
     return result
+
+
+def _ack_body(grant_ids: list[int]) -> bytes:
+    return json.dumps({"items": [{"grant_id": pk, "reference": f"bench-{pk}"} for pk in grant_ids]}).encode()
+
+
+def _pull(url: str, key: str) -> tuple[list[int], int, float]:
+    """Every grant instruction, pulled as a provider pulls them (``GET /grants``, pages of 1,000 from the
+    cursor): the grant ids, the pages read, the seconds taken."""
+    import requests
+
+    ids: list[int] = []
+    pages, cursor = 0, 0
+    start = time.perf_counter()
+    with requests.Session() as session:
+        session.headers["X-API-Key"] = key
+        while True:
+            answer = session.get(
+                url + GRANTS_PATH, params={"after": cursor, "limit": 1000}, timeout=REQUEST_TIMEOUT
+            )
+            if answer.status_code != 200:
+                raise RuntimeError(f"{GRANTS_PATH} refused: {answer.status_code} {answer.text[:300]!r}")
+            page = answer.json()
+            pages += 1
+            if not page["items"]:
+                return ids, pages, time.perf_counter() - start
+            ids.extend(int(item["grant_id"]) for item in page["items"])
+            cursor = page["next_cursor"]
 
 
 # ------------------------------------------------------------------------------------------------ CPU
@@ -483,26 +514,52 @@ def run_provider_benchmark(
         )
         python = [os.getpid(), *_children(server.process.pid)]  # this process (the clients), the workers
         cpu_before = _cpu(python)
-        ingest = _post_batches(server.url, key, bodies, clients)
+        ingest = _post_all(server.url, key, BATCH_PATH, bodies, clients)
         ingest_cpu = _cpu_split(cpu_before, _cpu(python))
         server_version = server.version
-    cpu_before = _cpu([os.getpid()])
-    t1 = time.perf_counter()
-    report = run_grants_batch(today=dt.date(2022, 12, 31), now=now + dt.timedelta(days=200), who=office)
-    grants = time.perf_counter() - t1
-    grants_cpu = _cpu_split(cpu_before, _cpu([os.getpid()]))
+        # the grant engine, in this process (the server waits idle)
+        cpu_before = _cpu([os.getpid()])
+        t1 = time.perf_counter()
+        report = run_grants_batch(today=dt.date(2022, 12, 31), now=now + dt.timedelta(days=200), who=office)
+        grants = time.perf_counter() - t1
+        grants_cpu = _cpu_split(cpu_before, _cpu([os.getpid()]))
+        postings = Posting.objects.count()  # what the grant engine posted (acknowledgements come next)
+        # then the provider's side of it, not in the end-to-end figure: pull every grant, acknowledge them
+        echo("pulling the grants and acknowledging them over HTTP ...")
+        pulled, pages, pull_s = _pull(server.url, key)
+        acks = _post_all(
+            server.url,
+            key,
+            ACK_PATH,
+            [
+                json.dumps(
+                    {
+                        "items": [
+                            {"grant_id": pk, "reference": f"bench-{pk}"} for pk in pulled[i : i + batch_size]
+                        ]
+                    }
+                ).encode()
+                for i in range(0, len(pulled), batch_size)
+            ],
+            clients,
+        )
     total = ingest.seconds + grants
 
     # correct before fast: every transaction stored once, grants posted to the ledger
     stored = ProviderTransaction.objects.filter(provider=provider).count()
-    postings = Posting.objects.count()
-    if ingest.created != transactions or stored != transactions:
+    created = ingest.total("created")
+    if created != transactions or stored != transactions:
         raise RuntimeError(
-            f"{transactions:,} transactions posted, the API created {ingest.created:,} "
-            f"({ingest.unchanged:,} unchanged) and {stored:,} are stored"
+            f"{transactions:,} transactions posted, the API created {created:,} "
+            f"({ingest.total('unchanged'):,} unchanged) and {stored:,} are stored"
         )
     if report.grants < 1 or postings < 1:
         raise RuntimeError(f"the grant engine posted nothing: {report.grants} grants, {postings} postings")
+    if len(pulled) != report.grants or acks.total("acknowledged") != report.grants:
+        raise RuntimeError(
+            f"{report.grants:,} grants instructed, {len(pulled):,} pulled, "
+            f"{acks.total('acknowledged'):,} acknowledged"
+        )
 
     # baselines: COPY of the same rows, in the same database, in the same run
     table = connection.ops.quote_name(ProviderTransaction._meta.db_table)
@@ -564,6 +621,12 @@ def run_provider_benchmark(
         "ledger_entries": verified.entries,
         "ledger_verify_seconds": round(verify_s, 3),
         "database": connection.settings_dict["NAME"],
+        "grants_pulled": len(pulled),
+        "grant_pages": pages,
+        "pull_seconds": round(pull_s, 3),
+        "acknowledged": acks.total("acknowledged"),
+        "ack_seconds": round(acks.seconds, 3),
+        "acks_per_s": round(acks.total("acknowledged") / acks.seconds),
         "cores": os.cpu_count(),
         "ingest_cpu": ingest_cpu,
         "grant_engine_cpu": grants_cpu,
@@ -586,6 +649,11 @@ def run_provider_benchmark(
         f"COPY into the transactions table's shape (indexes, no foreign keys): "
         f"{figures['shaped_copy_rows_per_s']:,} rows/s ({shaped_s:.2f} s); end to end is "
         f"{end_to_end / shaped_rate:.1%} of it"
+    )
+    echo(
+        f"the provider's side (not in the figures above): {len(pulled):,} grants pulled in {pages} pages "
+        f"({pull_s:.2f} s) and acknowledged in batches of {batch_size:,}, {figures['acks_per_s']:,} a second "
+        f"({acks.seconds:.2f} s; each acknowledgement a ledger entry payable → resident)"
     )
     for phase, split in (("ingest", ingest_cpu), ("grant engine", grants_cpu)):
         if split:

@@ -43,8 +43,8 @@ from mynapoint.audit.services import Actor, record
 from mynapoint.grants.models import Grant, OutboxMessage
 from mynapoint.grants.services import GrantRunReport, due_cutoff, take_positions
 from mynapoint.identity.models import Resident
-from mynapoint.ledger.models import Entry, LedgerAccount, Posting
-from mynapoint.ledger.services import BUDGET, payable
+from mynapoint.ledger.models import Entry, Posting
+from mynapoint.ledger.services import BUDGET, account_ids, payable
 from mynapoint.providers.models import GrantDelivery, Provider, ProviderRefund, ProviderTransaction
 from mynapoint.rules.batch import (
     DAY_MAX,
@@ -487,22 +487,6 @@ def _dues(world: _World, params: Parameters, today: dt.date) -> pl.DataFrame:
     )
 
 
-def _ledger_accounts(codes: set[str]) -> dict[str, int]:
-    known = dict(LedgerAccount.objects.filter(code__in=codes).values_list("code", "pk"))
-    missing = codes - known.keys()
-    if missing:
-        fresh = []
-        for code in sorted(missing):
-            kind, _, rest = code.partition(":")
-            fields = {"kind": kind}
-            if kind == "payable":
-                fields["provider_key"] = rest
-            fresh.append(LedgerAccount(code=code, **fields))
-        LedgerAccount.objects.bulk_create(fresh, ignore_conflicts=True)
-        known = dict(LedgerAccount.objects.filter(code__in=codes).values_list("code", "pk"))
-    return known
-
-
 def _draw_ids(model: type[Any], count: int) -> pl.Series:
     """PostgreSQL: ``count`` ids drawn from the table's sequence, in order."""
     with connection.cursor() as cursor:
@@ -549,7 +533,7 @@ def _insert(
 def _post_chunk(dues: pl.DataFrame, params: Parameters, now: dt.datetime, who: Actor) -> None:
     providers = _providers_of(dues)
     payables = {pk: payable(p.key) for pk, p in providers.items()}
-    account_ids = _ledger_accounts({BUDGET, *payables.values()})
+    ledger = account_ids({BUDGET, *payables.values()})
     measure, amount = pl.col("measure"), pl.col("amount")
     used = {m: json.dumps(_parameters_used(params, m), ensure_ascii=False) for m in dues["measure"].unique()}
     entry_ids = _insert(
@@ -568,8 +552,8 @@ def _post_chunk(dues: pl.DataFrame, params: Parameters, now: dt.datetime, who: A
         {"at": now},
     )
     dues = dues.with_columns(entry=entry_ids).with_row_index("i")
-    payable_ids = {pk: account_ids[code] for pk, code in payables.items()}
-    budget = pl.lit(account_ids[BUDGET], pl.Int64)
+    payable_ids = {pk: ledger[code] for pk, code in payables.items()}
+    budget = pl.lit(ledger[BUDGET], pl.Int64)
     legs = [  # budget → payable, entry by entry
         dues.select("i", "entry", leg=pl.lit(0), account=budget, amount=-amount, cutoff="cutoff"),
         dues.select("i", "entry", leg=pl.lit(1), account=pl.col("provider").replace_strict(payable_ids),
@@ -677,7 +661,7 @@ def run_grants_batch(
             side_by_side = not connection.in_atomic_block and connection.vendor == "postgresql"
             if writers > 1 and len(parts) > 1 and side_by_side:
                 with transaction.atomic(durable=True):
-                    _ledger_accounts({BUDGET, *(payable(p.key) for p in _providers_of(dues).values())})
+                    account_ids({BUDGET, *(payable(p.key) for p in _providers_of(dues).values())})
                 _post_side_by_side(parts, writers, params, now, who, done)
             else:
                 for part in parts:

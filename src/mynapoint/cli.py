@@ -311,15 +311,25 @@ def manage(args: tuple[str, ...]) -> None:
     "--timeout", default=120, show_default=True, type=click.IntRange(min=1), help="Seconds before a silent "
     "worker is restarted (a provider batch of 10,000 takes seconds)."
 )  # fmt: skip
-def serve(bind: str, workers: int, timeout: int) -> None:
+@click.option(
+    "--grant-interval",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds between the grant engine's cycles inside the server (instruct what is due, push webhooks); "
+    "one cycle at a time across the workers. 0: none (run `mynapoint grants run` on a schedule instead).",
+)
+def serve(bind: str, workers: int, timeout: int, grant_interval: float) -> None:
     """Serve the platform with gunicorn (mynapoint.config.wsgi:application), configured by the MYNAPOINT_*
-    variables; `make demo` uses Django's development server instead."""
+    variables, with the grant engine running in it; `make demo` uses Django's development server instead."""
     import os
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mynapoint.config.settings")
+    os.environ["MYNAPOINT_GRANT_INTERVAL"] = repr(grant_interval)
     argv = [
         sys.executable, "-m", "gunicorn", "mynapoint.config.wsgi:application", "--bind", bind,
         "--workers", str(workers), "--worker-class", "sync", "--timeout", str(timeout),
+        "--config", "python:mynapoint.config.gunicorn",
     ]  # fmt: skip
     os.execv(sys.executable, argv)  # noqa: S606 - gunicorn takes over this process (signals, exit status)
 

@@ -23,7 +23,6 @@ from typing import Any
 from django.conf import settings
 
 from mynapoint.audit.services import Actor
-from mynapoint.grants.models import Grant
 from mynapoint.grants.worker import GrantWorker
 from mynapoint.identity.jpki.ca import load_ca, make_test_ca, publish_crl, save_ca
 from mynapoint.identity.jpki.card import SoftwareCard
@@ -31,7 +30,7 @@ from mynapoint.identity.jpki.client import JpkiClient
 from mynapoint.identity.models import Resident
 from mynapoint.identity.services import declare_profile, issue_login_challenge, login_with_jpki
 from mynapoint.providers.models import GrantDelivery, GrantSchedule, Provider, Verification
-from mynapoint.providers.selectors import api_key_for, link_ref
+from mynapoint.providers.selectors import api_key_for
 from mynapoint.providers.services import (
     AccountDeclaration,
     ProviderChanges,
@@ -287,10 +286,6 @@ def bootstrap_sandbox(*, now: dt.datetime, echo: Callable[[str], object] = print
     return [w.service_id for w in wallets]
 
 
-def _grant_link_ref(grant: Grant) -> str:
-    return link_ref(provider_key=grant.provider.key, resident_id=grant.resident_id)
-
-
 def start_background(
     *, host: str, port: int, interval: float = 2.0, timeout: float = 120.0
 ) -> threading.Thread:
@@ -321,7 +316,7 @@ def start_background(
                     sandbox.sync(api=api, now=clock.now())
             finally:
                 close_old_connections()
-        GrantWorker(interval=interval, link_ref=_grant_link_ref).start()
+        GrantWorker(interval=interval).start()
 
     thread = threading.Thread(target=when_listening, name="demo-background", daemon=True)
     thread.start()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from demo_server import MYNAPOINT, running_demo
+from demo_server import MYNAPOINT, running_demo, running_served
 from django.test import Client
 
 from mynapoint import clock
@@ -28,10 +28,14 @@ from mynapoint.sandbox.models import ReceivedGrant, Wallet
 # ------------------------------------------------------------------------------------------------ end to end
 
 
-@pytest.fixture(scope="module")
-def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, dict[str, str]]]:
-    data = tmp_path_factory.mktemp("sandbox-demo")
-    with running_demo(data) as (url, env):
+@pytest.fixture(scope="module", params=["demo", "serve"])
+def demo_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path, dict[str, str]]]:
+    """The demo's server (Django's, the grant engine in a thread), or the same data served as in production
+    (``mynapoint serve``: gunicorn's workers, each with the grant engine's thread, one cycle at a time)."""
+    data = tmp_path_factory.mktemp(f"sandbox-{request.param}")
+    with (running_demo if request.param == "demo" else running_served)(data) as (url, env):
         yield url, data, env
 
 

@@ -110,3 +110,8 @@ def grant_instructions(*, provider: Provider, after: int, limit: int) -> GrantPa
         next_cursor=int(grants[-1].position or after) if grants else after,
         items=[grant_item(grant, ref) for grant in grants],
     )
+
+
+def grant_link_ref(grant: Grant) -> str:
+    """The ``link_ref`` a grant is announced with: the resident's pseudonym for the grant's provider."""
+    return link_ref(provider_key=grant.provider.key, resident_id=grant.resident_id)

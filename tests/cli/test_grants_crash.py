@@ -3,10 +3,12 @@ in the end every resident has exactly what is due — no double grant, no missin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,6 +20,12 @@ HERE = Path(__file__).parent
 MYNAPOINT = [sys.executable, "-m", "mynapoint.cli"]
 AS_OF = "2022-09-15"
 KILLS = 20
+
+
+def _grants(data: Path) -> int:
+    """Grants committed so far, read beside the run (SQLite in WAL mode: a reader never waits for it)."""
+    with contextlib.closing(sqlite3.connect(f"file:{data / 'mynapoint.sqlite3'}?mode=ro", uri=True)) as db:
+        return int(db.execute("SELECT count(*) FROM grants_grant").fetchone()[0])
 
 
 @pytest.mark.slow
@@ -34,20 +42,27 @@ def test_killing_grants_run_never_doubles_or_loses_a_grant(tmp_path: Path) -> No
     rng = random.Random(20230930)
     killed_mid_run = 0
     for _ in range(KILLS):
+        before = _grants(tmp_path)
         process = subprocess.Popen(  # noqa: S603
             [*MYNAPOINT, "grants", "run", "--as-of", AS_OF],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.8, 3.2))
+        # a random point of the run: once it has committed a few residents' grants (1 to 4 more), a random
+        # fraction of a resident's transaction later — not a fixed time, which a faster run outlives
+        goal = before + rng.randint(1, 4)
+        deadline = time.monotonic() + 120
+        while process.poll() is None and _grants(tmp_path) < goal and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.02))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             killed_mid_run += 1
         process.wait(timeout=60)
         verified = run(*MYNAPOINT, "ledger", "verify")
         assert verified.returncode == 0, verified.stdout + verified.stderr
-    assert killed_mid_run >= 15, f"only {killed_mid_run} of {KILLS} kills landed during a run"
+    assert killed_mid_run == KILLS, f"only {killed_mid_run} of {KILLS} kills landed during a run"
     final = run(*MYNAPOINT, "grants", "run", "--as-of", AS_OF)
     assert final.returncode == 0, final.stderr
     check = json.loads(run(sys.executable, str(HERE / "crash_world.py"), "check", AS_OF).stdout)

@@ -4,17 +4,27 @@ lock, or a file lock beside the SQLite database), and gunicorn's hook that start
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+import test_grant_positions
 from django.db import connection
 from pytest_django import Settings
+from support import NOW
+from test_grant_positions import charged
+from test_provider_api import ProviderClient
 
+from mynapoint import clock
 from mynapoint.config import gunicorn
 from mynapoint.grants import worker
+from mynapoint.grants.models import Grant
 from mynapoint.grants.worker import GrantWorker, engine_turn
+from mynapoint.identity.models import Resident
 
 pytestmark = pytest.mark.django_db
+
+api = test_grant_positions.api  # the wallet, its accounts declared through the provider API
 
 
 def _elsewhere(job: Any) -> Any:
@@ -56,6 +66,7 @@ def test_one_cycle_at_a_time_and_the_turn_passes_on_when_it_ends() -> None:
 def test_a_worker_whose_turn_it_is_not_skips_the_cycle(monkeypatch: pytest.MonkeyPatch) -> None:
     ran: list[object] = []
     monkeypatch.setattr(worker, "run_grants", lambda **kwargs: ran.append(kwargs))
+    monkeypatch.setattr(worker, "run_grants_batch", lambda **kwargs: ran.append(kwargs))
     monkeypatch.setattr(worker, "deliver_due", lambda **kwargs: ran.append(kwargs))
     other = GrantWorker(interval=60)
     with engine_turn() as mine:
@@ -83,3 +94,20 @@ def test_gunicorns_hook_starts_the_engine_only_when_an_interval_is_set(
         monkeypatch.setenv("MYNAPOINT_GRANT_INTERVAL", wrong)
         with pytest.raises(ValueError, match="MYNAPOINT_GRANT_INTERVAL"):
             gunicorn.post_worker_init(object())
+
+
+def test_a_cycle_instructs_what_is_due_and_pushes_it(
+    api: ProviderClient, make_resident: Callable[..., Resident], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's own cycle on this database (the batch engine on PostgreSQL, resident by resident
+    elsewhere): Hanako's 20,000 yen charge becomes a 5,000-point grant, and the outbox is pushed."""
+    monkeypatch.setattr(clock, "now", lambda: NOW)
+    pushed: list[dict[str, object]] = []
+    monkeypatch.setattr(worker, "deliver_due", lambda **kwargs: pushed.append(kwargs))
+    hanako = charged(api, make_resident, 1)
+    assert GrantWorker(interval=60).run_once() is True
+    [grant] = Grant.objects.filter(resident=hanako)
+    assert (grant.measure, grant.amount, grant.status) == ("premium", 5000, "instructed")
+    assert [call["now"] for call in pushed] == [NOW]
+    assert GrantWorker(interval=60).run_once() is True  # nothing more is due: nothing more is instructed
+    assert Grant.objects.filter(resident=hanako).count() == 1

@@ -315,9 +315,11 @@ def manage(args: tuple[str, ...]) -> None:
     "--grant-interval",
     default=60.0,
     show_default=True,
-    type=click.FloatRange(min=0),
-    help="Seconds between the grant engine's cycles inside the server (instruct what is due, push webhooks); "
-    "one cycle at a time across the workers. 0: none (run `mynapoint grants run` on a schedule instead).",
+    type=click.FloatRange(min=0, max=86_400),
+    help="Seconds between the grant engine's cycles inside the server (instruct what is due, push webhooks), "
+    "run by one worker of all the servers on the database at a time. 0: none (run `mynapoint grants run` on a "
+    "schedule instead). gunicorn reads its settings from mynapoint.config.gunicorn, not ./gunicorn.conf.py; "
+    "GUNICORN_CMD_ARGS still adds to them.",
 )
 def serve(bind: str, workers: int, timeout: int, grant_interval: float) -> None:
     """Serve the platform with gunicorn (mynapoint.config.wsgi:application), configured by the MYNAPOINT_*

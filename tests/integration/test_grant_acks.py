@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import test_grant_positions
+from concurrency_hooks import backend_pid, blocked_by
+from django.db import connection
 from support import NOW, SELF
 from test_grant_positions import charged
 from test_provider_api import ProviderClient
 
 from mynapoint.audit.models import AuditEvent
 from mynapoint.audit.services import Actor
+from mynapoint.grants import services
 from mynapoint.grants.models import Grant
 from mynapoint.grants.selectors import verify_programme_ledger
 from mynapoint.grants.services import NotYourGrant, UnknownGrant, acknowledge_grants, grant_due_points
@@ -105,53 +109,101 @@ def test_a_refused_request_acknowledges_nothing_and_names_the_item(
     assert balance("payable:wallet") == 5000 * 3
 
 
-@pytest.mark.postgres(
+def test_acknowledgements_cross_statement_chunks_and_leave_other_grants_untouched(
+    api: ProviderClient, make_resident: Callable[..., Resident], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(services, "LOCK_CHUNK", 2)  # 5 grants: three statements each way
+    monkeypatch.setattr(services, "UPDATE_CHUNK", 2)
+    grants = _grants(api, make_resident, 5)
+    wallet = Provider.objects.get(key="wallet")
+    first = [grants[4], grants[0], grants[2]]
+    done = acknowledge_grants(
+        provider=wallet, acks=[(g.pk, f"A{g.pk}") for g in first], now=NOW, who=PROVIDER
+    )
+    assert (done.acknowledged, done.already) == (3, 0)
+    status = dict(Grant.objects.values_list("pk", "provider_reference"))
+    assert status == {g.pk: (f"A{g.pk}" if g in first else "") for g in grants}
+    assert set(
+        Grant.objects.filter(pk__in=[grants[1].pk, grants[3].pk]).values_list("status", flat=True)
+    ) == {"instructed"}
+    rest = acknowledge_grants(provider=wallet, acks=[(g.pk, "B") for g in grants], now=NOW, who=PROVIDER)
+    assert (rest.acknowledged, rest.already) == (2, 3)
+    assert dict(Grant.objects.values_list("pk", "provider_reference"))[grants[1].pk] == "B"
+    assert balance("payable:wallet") == 0
+    report = verify_programme_ledger()
+    assert report.ok, report.problems
+
+
+SQLITE_SERIALISES = (
     "needs PostgreSQL: SQLite serialises all writers (BEGIN IMMEDIATE), so two acknowledgements never overlap "
-    "there and there is no race to show"
+    "there and there is no lock wait to show"
 )
+
+
+@pytest.mark.postgres(SQLITE_SERIALISES)
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("flushable")
-def test_two_requests_naming_the_same_grants_at_once_acknowledge_each_grant_once(
-    api: ProviderClient, make_resident: Callable[..., Resident]
+def test_a_second_request_for_the_same_grants_waits_for_the_first_then_finds_them_acknowledged(
+    api: ProviderClient, make_resident: Callable[..., Resident], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One request names the grants in ascending order, the other in descending order, both at once: the grants
-    are locked in id order, so neither waits for the other in a cycle (no deadlock), and each grant is
-    acknowledged by exactly one of them."""
-    from django.db import connection
-
+    """The first request ("up", ascending ids) is held after it has locked and posted its grants; the second
+    ("down", the same grants in descending order) is seen waiting on the first's locks — not on a cycle, and
+    not going ahead — and once the first commits it finds every grant acknowledged. Meanwhile another
+    provider naming one of those grants is refused at once: it never waits for locks on grants not its own."""
     grants = _grants(api, make_resident)
     wallet = Provider.objects.get(key="wallet")
+    other = onboard_provider(key="other", name_ja="他社", kind="qr", modes=["charge"], now=NOW)
     ids = [g.pk for g in grants]
-    start = threading.Barrier(2)
+    held, go = threading.Event(), threading.Event()
+    pids: dict[str, int] = {}
     results: dict[str, Any] = {}
+    real = services._mark_acknowledged
 
-    def acknowledge(name: str, order: list[int]) -> None:
+    def hold(done: list[tuple[int, int, str]], now: Any) -> None:
+        if threading.current_thread().name == "up":
+            held.set()
+            assert go.wait(30)
+        real(done, now)
+
+    monkeypatch.setattr(services, "_mark_acknowledged", hold)
+
+    def acknowledge(provider: Provider, order: list[int]) -> None:
+        name = threading.current_thread().name
         try:
-            start.wait(10)
-            results[name] = acknowledge_grants(
-                provider=wallet, acks=[(pk, name) for pk in order], now=NOW, who=PROVIDER
-            )
+            pids[name] = backend_pid()
+            results[name] = acknowledge_grants(provider=provider, acks=[(pk, name) for pk in order], now=NOW,
+                                               who=PROVIDER)  # fmt: skip
         except BaseException as error:  # reported below
             results[name] = error
         finally:
             connection.close()
 
-    threads = [
-        threading.Thread(target=acknowledge, args=("up", ids)),
-        threading.Thread(target=acknowledge, args=("down", ids[::-1])),
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    up, down = results["up"], results["down"]
-    assert not isinstance(up, BaseException), up
-    assert not isinstance(down, BaseException), down
-    assert up.acknowledged + down.acknowledged == RESIDENTS
-    assert up.already + down.already == RESIDENTS
+    up = threading.Thread(target=acknowledge, args=(wallet, ids), name="up")
+    down = threading.Thread(target=acknowledge, args=(wallet, ids[::-1]), name="down")
+    theirs = threading.Thread(target=acknowledge, args=(other, ids[3:4]), name="other")
+    up.start()
+    try:
+        assert held.wait(30), results
+        down.start()
+        deadline = time.monotonic() + 20
+        while not ("down" in pids and blocked_by(pids["down"], pids["up"])) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert blocked_by(pids["down"], pids["up"]), "the second request did not wait for the first's locks"
+        theirs.start()
+        theirs.join(20)
+        assert not theirs.is_alive(), "another provider's request waited for locks on grants not its own"
+        assert isinstance(results["other"], NotYourGrant), results["other"]
+    finally:
+        go.set()
+        up.join(60)
+        down.join(60)
+    first, second = results["up"], results["down"]
+    assert not isinstance(first, BaseException), first
+    assert not isinstance(second, BaseException), second
+    assert (first.acknowledged, first.already) == (RESIDENTS, 0)
+    assert (second.acknowledged, second.already) == (0, RESIDENTS)
+    assert set(Grant.objects.values_list("provider_reference", flat=True)) == {"up"}
     assert Entry.objects.filter(kind="grant_acknowledged").count() == RESIDENTS
-    references = set(Grant.objects.values_list("provider_reference", flat=True))
-    assert references <= {"up", "down"}
     assert balance("payable:wallet") == 0
     report = verify_programme_ledger()
     assert report.ok, report.problems

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from support import NOW
 
 from mynapoint.ledger.models import Entry, LedgerAccount, Posting
@@ -112,3 +112,18 @@ def test_account_ids_makes_what_is_missing_once() -> None:
     assert set(first) == codes
     assert account_ids(codes) == first  # known now: the same ids, nothing made
     assert LedgerAccount.objects.count() == len(codes)
+
+
+def test_a_too_old_sqlite_is_named_by_the_system_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mynapoint.ledger import apps
+
+    if connection.vendor != "sqlite":
+        assert apps.sqlite_new_enough() == []  # PostgreSQL: nothing to say
+        return
+    assert apps.sqlite_new_enough() == []  # this Python's SQLite is new enough
+    monkeypatch.setattr(apps.sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(apps.sqlite3, "sqlite_version", "3.31.1")
+    [error] = apps.sqlite_new_enough()
+    assert error.id == "mynapoint.E001"
+    assert "SQLite 3.31.1 is too old" in error.msg
+    assert "3.35" in error.msg

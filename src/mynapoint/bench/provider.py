@@ -368,16 +368,20 @@ def _children(parent: int) -> list[int]:
 
 
 def _cpu(pids: list[int]) -> _Cpu | None:
-    """A reading of the machine's CPU time (None where there is no /proc/stat)."""
+    """A reading of the machine's CPU time (None where there is no /proc/stat). Busy is user, nice, system,
+    irq and softirq time (guest time is inside user and nice already); time the hypervisor gave to other
+    machines (steal) is neither busy nor idle here: it is left out of both."""
     try:
         with open("/proc/stat", encoding="ascii") as stat:
             jiffies = [int(v) for v in stat.readline().split()[1:]]
     except OSError:
         return None
-    idle = jiffies[3] + jiffies[4]  # idle, iowait
+    jiffies += [0] * (8 - len(jiffies))
+    user, nice, system, idle, iowait, irq, softirq = jiffies[:7]
+    busy = user + nice + system + irq + softirq
     return _Cpu(
-        busy=(sum(jiffies) - idle) / _ticks(),
-        total=sum(jiffies) / _ticks(),
+        busy=busy / _ticks(),
+        total=(busy + idle + iowait) / _ticks(),
         processes=sum(_process_seconds(pid) for pid in pids),
     )
 
@@ -388,7 +392,7 @@ def _cpu_split(before: _Cpu | None, after: _Cpu | None) -> dict[str, float] | No
     if before is None or after is None or after.total <= before.total:
         return None
     busy = after.busy - before.busy
-    mine = after.processes - before.processes
+    mine = max(after.processes - before.processes, 0.0)  # a worker restarted in between takes its time along
     return {
         "busy_core_seconds": round(busy, 2),
         "busy_share": round(busy / (after.total - before.total), 3),
@@ -531,16 +535,7 @@ def run_provider_benchmark(
             server.url,
             key,
             ACK_PATH,
-            [
-                json.dumps(
-                    {
-                        "items": [
-                            {"grant_id": pk, "reference": f"bench-{pk}"} for pk in pulled[i : i + batch_size]
-                        ]
-                    }
-                ).encode()
-                for i in range(0, len(pulled), batch_size)
-            ],
+            [_ack_body(pulled[i : i + batch_size]) for i in range(0, len(pulled), batch_size)],
             clients,
         )
     total = ingest.seconds + grants

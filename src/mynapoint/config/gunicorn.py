@@ -1,8 +1,8 @@
 """gunicorn's settings for ``mynapoint serve`` (``--config python:mynapoint.config.gunicorn``).
 
 Each worker process runs the grant engine's thread (:class:`~mynapoint.grants.worker.GrantWorker`) when
-``MYNAPOINT_GRANT_INTERVAL`` is more than 0 seconds: one cycle at a time among all of them
-(:func:`~mynapoint.grants.worker.engine_turn`), so a worker restarted or stopped hands the cycles to the others."""
+``MYNAPOINT_GRANT_INTERVAL`` is more than 0 seconds; the one holding the engine's lease
+(:class:`~mynapoint.grants.worker.EngineLease`) runs the cycles, and another takes over when it stops."""
 
 from __future__ import annotations
 

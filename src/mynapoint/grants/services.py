@@ -261,6 +261,8 @@ class AckResult:
     already: int  # items naming a grant acknowledged before (or earlier in the same call)
 
 
+LOCK_CHUNK = 900  # grants locked by one statement: under SQLite's smallest limit on a statement's parameters
+UPDATE_CHUNK = 300  # grants marked acknowledged by one statement (three parameters each)
 # what an acknowledgement reads of a grant (not the instruction's sources: a long list for a premium grant)
 _ACK_FIELDS: Final = (
     "pk",
@@ -296,21 +298,31 @@ def acknowledge_grants(
     naming the same grants wait for each other and the second sees them acknowledged."""
     with transaction.atomic(durable=True):
         ids = sorted({grant_id for grant_id, _ in acks})
-        grants: dict[int, Grant] = {}
-        for start in range(0, len(ids), 900):  # under SQLite's smallest limit on a statement's parameters
+        grants: dict[int, Grant] = {}  # the provider's own grants only: another's are never locked
+        for start in range(0, len(ids), LOCK_CHUNK):
             query = (
                 Grant.objects.select_related("resident", "instruction_entry")
                 .only(*_ACK_FIELDS)
+                .filter(provider=provider, pk__in=ids[start : start + LOCK_CHUNK])
                 .order_by("pk")
             )
             if connection.vendor == "postgresql":
                 query = query.select_for_update(of=("self",))
-            grants.update((grant.pk, grant) for grant in query.filter(pk__in=ids[start : start + 900]))
-        for index, (grant_id, _) in enumerate(acks):
-            if grant_id not in grants:
-                raise UnknownGrant(index, grant_id)
-            if grants[grant_id].provider_id != provider.pk:
-                raise NotYourGrant(index, grant_id)
+            grants.update((grant.pk, grant) for grant in query)
+        if len(grants) < len(ids):  # some are unknown or another provider's: which, without locking them
+            missing = [pk for pk in ids if pk not in grants]
+            others: set[int] = set()
+            for start in range(0, len(missing), LOCK_CHUNK):
+                others.update(
+                    Grant.objects.filter(pk__in=missing[start : start + LOCK_CHUNK]).values_list(
+                        "pk", flat=True
+                    )
+                )
+            for index, (grant_id, _) in enumerate(acks):
+                if grant_id in others:
+                    raise NotYourGrant(index, grant_id)
+                if grant_id not in grants:
+                    raise UnknownGrant(index, grant_id)
         fresh: dict[int, str] = {}
         for grant_id, reference in acks:
             if grants[grant_id].status == GrantStatus.INSTRUCTED and grant_id not in fresh:
@@ -371,13 +383,13 @@ def acknowledge_grants(
 
 def _mark_acknowledged(done: list[tuple[int, int, str]], now: dt.datetime) -> None:
     """Mark grants acknowledged: ``(grant id, acknowledgement entry id, reference)``. One UPDATE joined to a list
-    of values per 300 grants (an ORM ``bulk_update`` compares every row with every value, and 10,000 take
+    of values per :data:`UPDATE_CHUNK` grants (an ORM ``bulk_update`` compares every row with every value, and 10,000 take
     seconds); the same statement on both databases, its time adapted as the ORM adapts it."""
     table = connection.ops.quote_name(Grant._meta.db_table)
     at = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
-        for start in range(0, len(done), 300):
-            part = done[start : start + 300]
+        for start in range(0, len(done), UPDATE_CHUNK):
+            part = done[start : start + UPDATE_CHUNK]
             values = ", ".join(["(%s, %s, %s)"] * len(part))
             cursor.execute(
                 f"UPDATE {table} SET status = %s, acknowledged_at = %s, acknowledgement_entry_id = v.column2, "  # noqa: S608 - the table's name

@@ -133,10 +133,12 @@ def post_entries(entries: Sequence[NewEntry]) -> list[tuple[Entry, bool]]:
         )
     if existing:
         before: dict[int, list[tuple[str, int]]] = {entry.pk: [] for entry in existing.values()}
-        for entry_id, code, amount in Posting.objects.filter(entry_id__in=list(before)).values_list(
-            "entry_id", "account__code", "amount"
-        ):
-            before[entry_id].append((code, amount))
+        entry_ids = list(before)
+        for start in range(0, len(entry_ids), _IN_CHUNK):
+            for entry_id, code, amount in Posting.objects.filter(
+                entry_id__in=entry_ids[start : start + _IN_CHUNK]
+            ).values_list("entry_id", "account__code", "amount"):
+                before[entry_id].append((code, amount))
         for new in entries:
             if new.key in existing and sorted(before[existing[new.key].pk]) != sorted(new.legs):
                 raise LedgerConflict(

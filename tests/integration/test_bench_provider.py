@@ -26,7 +26,7 @@ POSITIVE = (
     "api_ingest_tx_per_s", "copy_seconds", "copy_rows_per_s", "ratio_to_copy", "shaped_copy_seconds",
     "shaped_copy_rows_per_s", "ratio_to_shaped_copy", "ledger_verify_seconds", "batch_seconds_mean",
     "batch_seconds_max", "grants", "ledger_postings", "ledger_entries", "pull_seconds", "ack_seconds",
-    "acks_per_s",
+    "acks_per_s", "claim_seconds", "claim_points", "reconcile_seconds",
 )  # fmt: skip
 
 
@@ -77,12 +77,13 @@ def test_provider_benchmark_runs_over_http_and_stores_every_transaction(tmp_path
         assert figures["ledger_postings"] >= 2 * figures["grants"]  # double entry: a debit and a credit
         # the provider's side: every grant pulled, page by page, and acknowledged
         assert figures["grants_pulled"] == figures["acknowledged"] == figures["grants"]
-        assert (
-            figures["grant_pages"] == -(-figures["grants"] // 1000) + 1
-        )  # pages of 1,000, then an empty one
-        assert (
-            figures["ledger_entries"] == 2 * figures["grants"]
-        )  # an instruction and an acknowledgement each
+        pages = -(-figures["grants"] // 1000) + 1  # pages of 1,000, then an empty one
+        assert figures["grant_pages"] == pages
+        # an instruction and an acknowledgement each
+        assert figures["ledger_entries"] == 2 * figures["grants"]
+        # the office's side: the month's claim and the provider's list reconciled, every grant agreeing
+        assert figures["reconciled"] == figures["grants"]
+        assert "the office's side" in run.stdout
         # the database says the same as the figures
         with psycopg.connect(urlsplit(admin_url)._replace(path=f"/{name}").geturl()) as conn:
             stored = conn.execute("SELECT count(*) FROM providers_providertransaction").fetchone()
@@ -91,14 +92,15 @@ def test_provider_benchmark_runs_over_http_and_stores_every_transaction(tmp_path
                 "WHERE e.kind = 'grant_instructed'"
             ).fetchone()
             acknowledged = conn.execute(
-                "SELECT count(*) FROM grants_grant WHERE status = 'acknowledged' AND provider_reference LIKE 'bench-%'"
+                "SELECT count(*), sum(amount) FROM grants_grant "
+                "WHERE status = 'acknowledged' AND provider_reference LIKE 'bench-%'"
             ).fetchone()
             copied = conn.execute(
                 "SELECT (SELECT count(*) FROM bench_copy), (SELECT count(*) FROM bench_copy_shaped)"
             ).fetchone()
         assert stored == (TRANSACTIONS,)
         assert postings == (figures["ledger_postings"],)  # what the grant engine posted
-        assert acknowledged == (figures["grants"],)
+        assert acknowledged == (figures["grants"], figures["claim_points"])
         assert copied == (TRANSACTIONS, TRANSACTIONS)
     finally:
         drop_database(admin_url, name)

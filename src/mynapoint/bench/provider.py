@@ -303,12 +303,12 @@ def _ack_body(grant_ids: list[int]) -> bytes:
     return json.dumps({"items": [{"grant_id": pk, "reference": f"bench-{pk}"} for pk in grant_ids]}).encode()
 
 
-def _pull(url: str, key: str) -> tuple[list[int], int, float]:
+def _pull(url: str, key: str) -> tuple[list[tuple[int, int]], int, float]:
     """Every grant instruction, pulled as a provider pulls them (``GET /grants``, pages of 1,000 from the
-    cursor): the grant ids, the pages read, the seconds taken."""
+    cursor): ``(grant id, points)`` of each, the pages read, the seconds taken."""
     import requests
 
-    ids: list[int] = []
+    ids: list[tuple[int, int]] = []
     pages, cursor = 0, 0
     start = time.perf_counter()
     with requests.Session() as session:
@@ -323,7 +323,7 @@ def _pull(url: str, key: str) -> tuple[list[int], int, float]:
             pages += 1
             if not page["items"]:
                 return ids, pages, time.perf_counter() - start
-            ids.extend(int(item["grant_id"]) for item in page["items"])
+            ids.extend((int(item["grant_id"]), int(item["amount"])) for item in page["items"])
             cursor = page["next_cursor"]
 
 
@@ -418,16 +418,19 @@ def run_provider_benchmark(
     (default: ``MYNAPOINT_DATABASE_URL``); the server is started on it."""
     from django.core.management import call_command
     from django.db import connection
+    from django.db.models import Max
 
     from mynapoint.applications.models import PaymentAccount, PointApplication
     from mynapoint.audit.services import Actor
     from mynapoint.grants.batch import run_grants_batch
     from mynapoint.grants.selectors import verify_programme_ledger
     from mynapoint.identity.models import Resident
-    from mynapoint.ledger.models import Posting
+    from mynapoint.ledger.models import Entry, Posting
     from mynapoint.providers.models import Provider, ProviderTransaction
     from mynapoint.providers.services import issue_api_key
     from mynapoint.rules.model import JST
+    from mynapoint.settlement.reconciliation import reconcile
+    from mynapoint.settlement.services import compute_monthly_claim
 
     if connection.vendor != "postgresql":
         raise RuntimeError("the provider benchmark runs on PostgreSQL (set --admin-url)")
@@ -535,7 +538,10 @@ def run_provider_benchmark(
             server.url,
             key,
             ACK_PATH,
-            [_ack_body(pulled[i : i + batch_size]) for i in range(0, len(pulled), batch_size)],
+            [
+                _ack_body([pk for pk, _ in pulled[i : i + batch_size]])
+                for i in range(0, len(pulled), batch_size)
+            ],
             clients,
         )
     total = ingest.seconds + grants
@@ -554,6 +560,28 @@ def run_provider_benchmark(
         raise RuntimeError(
             f"{report.grants:,} grants instructed, {len(pulled):,} pulled, "
             f"{acks.total('acknowledged'):,} acknowledged"
+        )
+
+    # the programme office's side, also apart: the month's claim from the ledger, and the provider's list of
+    # what it granted reconciled against the ledger
+    acked_on = Entry.objects.filter(kind="grant_acknowledged").aggregate(day=Max("effective_date"))["day"]
+    t4 = time.perf_counter()
+    claim = compute_monthly_claim(
+        provider=provider, month=acked_on.replace(day=1), now=now + dt.timedelta(days=400), who=office
+    )
+    claim_s = time.perf_counter() - t4
+    t5 = time.perf_counter()
+    reconciled = reconcile(
+        provider=provider,
+        acknowledgements=[(pk, f"bench-{pk}", points) for pk, points in pulled],
+        period=acked_on,
+    )
+    reconcile_s = time.perf_counter() - t5
+    granted = sum(points for _, points in pulled)
+    if claim.amount != granted or not reconciled.ok or reconciled.matched != len(pulled):
+        raise RuntimeError(
+            f"the office's side does not agree: {granted:,} points acknowledged, claim {claim.amount:,}, "
+            f"reconciliation {reconciled.matched:,} matched, {len(reconciled.discrepancies):,} discrepancies"
         )
 
     # baselines: COPY of the same rows, in the same database, in the same run
@@ -622,6 +650,10 @@ def run_provider_benchmark(
         "acknowledged": acks.total("acknowledged"),
         "ack_seconds": round(acks.seconds, 3),
         "acks_per_s": round(acks.total("acknowledged") / acks.seconds),
+        "claim_seconds": round(claim_s, 3),
+        "claim_points": claim.amount,
+        "reconcile_seconds": round(reconcile_s, 3),
+        "reconciled": reconciled.matched,
         "cores": os.cpu_count(),
         "ingest_cpu": ingest_cpu,
         "grant_engine_cpu": grants_cpu,
@@ -649,6 +681,11 @@ def run_provider_benchmark(
         f"the provider's side (not in the figures above): {len(pulled):,} grants pulled in {pages} pages "
         f"({pull_s:.2f} s) and acknowledged in batches of {batch_size:,}, {figures['acks_per_s']:,} a second "
         f"({acks.seconds:.2f} s; each acknowledgement a ledger entry payable → resident)"
+    )
+    echo(
+        f"the office's side (not in the figures above): the month's claim ({claim.amount:,} points) computed in "
+        f"{claim_s:.2f} s; the provider's list of {len(pulled):,} grants reconciled in {reconcile_s:.2f} s "
+        f"({reconciled.matched:,} agree)"
     )
     for phase, split in (("ingest", ingest_cpu), ("grant engine", grants_cpu)):
         if split:

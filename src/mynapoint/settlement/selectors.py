@@ -97,15 +97,17 @@ def _acknowledgement_postings(
     account_id = _payable_account_id(provider)
     if account_id is None:
         return Posting.objects.none()
-    on_payable = Posting.objects.filter(account_id=account_id, effective_date__lte=through)
-    if start is not None:
-        on_payable = on_payable.filter(effective_date__gte=start)
-    postings = Posting.objects.filter(
-        account__kind="resident", entry_id__in=on_payable.values("entry_id"), effective_date__lte=through
+    # the resident legs of the entries with a leg on the provider's payable in the period, as one join from those
+    # payable legs (their index) through the entries' legs (the entry index): a plan that stays linear when the
+    # statistics are stale after a bulk load (an IN (subquery) was planned as a nested loop over both sides,
+    # 17 s for 20,000 acknowledgements)
+    dated: dict[str, object] = (
+        {"effective_date__lte": through} if start is None else {"effective_date__range": (start, through)}
     )
-    if start is not None:
-        postings = postings.filter(effective_date__gte=start)
-    return postings
+    on_payable = {f"entry__postings__{name}": value for name, value in dated.items()}
+    return Posting.objects.filter(
+        account__kind="resident", entry__postings__account_id=account_id, **on_payable, **dated
+    ).distinct()  # once, even for an entry with two legs on the payable
 
 
 def acknowledged_postings(

@@ -497,29 +497,37 @@ def _draw_ids(model: type[Any], count: int) -> pl.Series:
 
 
 def _insert(
-    model: type[Any], rows: pl.DataFrame, same: dict[str, Any], *, ids: pl.Series | None = None
+    model: type[Any],
+    rows: pl.DataFrame,
+    same: dict[str, Any],
+    *,
+    ids: pl.Series | None = None,
+    need_ids: bool = True,
 ) -> pl.Series:
     """Insert rows (the frame's columns, then ``same``: one value for every row) and return their ids, in
-    order. PostgreSQL: ids drawn from the table's sequence (or ``ids``, drawn already) and the rows sent with
-    one COPY of CSV written by Polars (an order of magnitude faster than INSERT for a national run); elsewhere
-    INSERT row by row."""
+    order. PostgreSQL: ids drawn from the table's sequence (or ``ids``, drawn already; or, when the caller does
+    not ``need_ids``, left to the table's default and not returned) and the rows sent with one COPY of CSV
+    written by Polars (an order of magnitude faster than INSERT for a national run); elsewhere INSERT row by
+    row."""
     if rows.is_empty():
         return pl.Series("id", [], dtype=pl.Int64)
     table = model._meta.db_table
     columns = ", ".join([*rows.columns, *same])
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            ids = _draw_ids(model, rows.height) if ids is None else ids
+            if ids is None and need_ids:
+                ids = _draw_ids(model, rows.height)
             data = io.BytesIO()
             constants = {
                 k: pl.lit(v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in same.items()
             }
-            rows.select(ids, pl.all(), **constants).write_csv(data, include_header=False)
-            statement = f"COPY {table} (id, {columns}) FROM STDIN (FORMAT csv)"
+            drawn = [] if ids is None else [ids]
+            rows.select(*drawn, pl.all(), **constants).write_csv(data, include_header=False)
+            statement = f"COPY {table} ({'id, ' if drawn else ''}{columns}) FROM STDIN (FORMAT csv)"
             # a unique key another run took first: Django's IntegrityError, which run_grants_batch retries
             with connection.wrap_database_errors, cursor.cursor.copy(statement) as copy:
                 copy.write(data.getbuffer())
-            return ids
+            return pl.Series("id", [], dtype=pl.Int64) if ids is None else ids
         values = list(same.values())
         placeholders = ", ".join(["%s"] * (rows.width + len(values)))
         sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) RETURNING id"  # noqa: S608
@@ -565,6 +573,7 @@ def _post_chunk(dues: pl.DataFrame, params: Parameters, now: dt.datetime, who: A
         .sort("i", "leg")
         .select(entry_id="entry", account_id="account", amount="amount", effective_date="cutoff"),
         {},
+        need_ids=False,  # nothing refers to a posting here: its id is the table's default
     )
     grants = dues.select(
         resident_id="resident",

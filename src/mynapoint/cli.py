@@ -809,7 +809,7 @@ def ledger_balance(code: str, as_of: dt.datetime | None) -> None:
 
 @main.group()
 def feeds() -> None:
-    """連携データの取込 (CSV feeds: registrations and certificate renewals)."""
+    """連携データの取込 (CSV feeds: card facts, registrations and certificate renewals)."""
 
 
 def _import(kind: str, path: Path, as_json: bool) -> None:
@@ -821,6 +821,7 @@ def _import(kind: str, path: Path, as_json: bool) -> None:
     from mynapoint.audit.services import Actor
 
     function = {
+        "card-facts": imports.import_card_facts_csv,
         "health-insurance": imports.import_health_insurance_csv,
         "public-fund": imports.import_public_fund_csv,
         "renewals": imports.import_renewals_csv,
@@ -845,6 +846,14 @@ def _import(kind: str, path: Path, as_json: bool) -> None:
                 f"  line {error.line}, {error.column}: {error.message_ja} / {error.message_en}", err=True
             )
     sys.exit(0 if report.ok else 1)
+
+
+@feeds.command("card-facts")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def feeds_card_facts(path: Path, as_json: bool) -> None:
+    """J-LIS のカード情報 CSV (mykey_id, card_applied, card_applied_online 1/0, card_issued or empty)."""
+    _import("card-facts", path, as_json)
 
 
 @feeds.command("health-insurance")

@@ -12,6 +12,7 @@ from support import FEED, NOW, SELF, card_login
 
 from mynapoint.applications.imports import (
     ImportReport,
+    import_card_facts_csv,
     import_health_insurance_csv,
     import_public_fund_csv,
     import_renewals_csv,
@@ -304,3 +305,98 @@ def test_a_new_certificate_renewed_from_two_old_ones_is_refused_on_its_row(
     report = import_renewals_csv(path, now=NOW, who=FEED)
     assert summary(report) == ([2], [], [(3, "new_serial")])
     assert "already recorded as the renewal of another" in report.errors[0].message_en
+
+
+# ------------------------------------------------------------------------------------------- card facts (J-LIS)
+
+CARD_HEADER = "mykey_id,card_applied,card_applied_online,card_issued"
+
+
+def test_card_facts_from_jlis_let_a_resident_apply_and_a_rerun_changes_nothing(
+    tmp_path: Path, providers: dict[str, Provider], make_resident: Callable[..., Resident]
+) -> None:
+    """Without J-LIS's card facts a resident counts as never having applied for her card; once the feed has
+    them she can apply. The same file again changes nothing."""
+    taro = make_resident(kana="タナカ タロウ", card_applied=None, accounts={"wallet/7001": ["1"]})
+
+    def apply() -> str | None:
+        return apply_for_measure(
+            resident=taro, measure="premium", provider_key="wallet", service_id="7001", security_codes=["1"],
+            mode="charge", operated_by=None, present=[], now=NOW, who=SELF,
+        ).code  # fmt: skip
+
+    assert apply() == "card_applied_after_deadline"
+    path = write(tmp_path, [CARD_HEADER, f"{taro.mykey_id},2022-06-01,1,2022-06-20"])
+    report = import_card_facts_csv(path, now=NOW, who=FEED)
+    assert summary(report) == ([2], [], [])
+    assert report.created[0].outcome == "issued"
+    taro.refresh_from_db()
+    assert (taro.card_applied, taro.card_applied_online, taro.card_issued) == (
+        dt.date(2022, 6, 1), True, dt.date(2022, 6, 20),
+    )  # fmt: skip
+    assert summary(import_card_facts_csv(path, now=NOW, who=FEED)) == ([], [2], [])
+    assert apply() is None  # accepted
+    assert verify_chain().ok
+
+
+def test_card_facts_are_replaced_by_newer_ones_and_an_unknown_issue_day_keeps_the_recorded_one(
+    tmp_path: Path, hanako: Resident, make_resident: Callable[..., Resident]
+) -> None:
+    login_issued = hanako.card_issued  # the first login recorded it from the certificate
+    assert login_issued is not None
+    path = write(tmp_path, [CARD_HEADER, f"{hanako.mykey_id},2021-10-15,0,"], name="applied.csv")
+    assert summary(import_card_facts_csv(path, now=NOW, who=FEED)) == ([2], [], [])
+    hanako.refresh_from_db()
+    assert (hanako.card_applied, hanako.card_issued) == (dt.date(2021, 10, 15), login_issued)
+    # the merged duplicate's MyKey ID gives its facts to the resident it was merged into
+    duplicate = make_resident(kana="ヤマダ ハナコ")
+    Resident.objects.filter(pk=duplicate.pk).update(merged_into=hanako)
+    path = write(tmp_path, [CARD_HEADER, f"{duplicate.mykey_id},2021-10-15,0,2021-11-30"], name="issued.csv")
+    report = import_card_facts_csv(path, now=NOW, who=FEED)
+    assert summary(report) == ([2], [], [])
+    assert report.created[0].outcome == f"issued (merged into {hanako.mykey_id})"
+    hanako.refresh_from_db()
+    assert hanako.card_issued == dt.date(2021, 11, 30)
+
+
+@pytest.mark.parametrize(
+    ("cells", "column", "hint"),
+    [
+        ("2022-13-01,0,", "card_applied", "YYYY-MM-DD"),
+        ("2022/06/01,0,", "card_applied", "YYYY-MM-DD"),
+        (",0,", "card_applied", "required"),
+        ("2022-06-01,yes,", "card_applied_online", "1 or 0"),
+        ("2022-06-01,0,2022-05-31", "card_issued", "before card_applied"),
+        ("2022-06-01,0,2022-07-02", "card_issued", "after today"),
+        ("2022-07-02,0,", "card_applied", "after today"),
+        ("2022-07-01,0,", "card_applied", "recorded"),  # after the issue day recorded before
+    ],
+)
+def test_bad_card_facts_are_an_error_on_their_column_and_keep_what_was_recorded(
+    tmp_path: Path, hanako: Resident, cells: str, column: str, hint: str
+) -> None:
+    Resident.objects.filter(pk=hanako.pk).update(card_issued=dt.date(2022, 1, 10))
+    path = write(tmp_path, [CARD_HEADER, f"{hanako.mykey_id},{cells}", f"{hanako.mykey_id},2021-11-01,0,"])
+    report = import_card_facts_csv(path, now=NOW, who=FEED)
+    assert summary(report)[2] == [(2, column)]
+    assert hint in report.errors[0].message_en
+    assert summary(report)[:2] == ([], [3])  # the good row after it: the facts already recorded
+    hanako.refresh_from_db()
+    assert (hanako.card_applied, hanako.card_issued) == (dt.date(2021, 11, 1), dt.date(2022, 1, 10))
+
+
+def test_card_facts_refuse_an_unknown_mykey_id_and_a_my_number(tmp_path: Path, hanako: Resident) -> None:
+    path = write(
+        tmp_path,
+        [
+            CARD_HEADER,
+            "ZZZZZZZZ,2021-11-01,0,",
+            f"{MY_NUMBER},2021-11-01,0,",
+            f"{hanako.mykey_id},2021-11-01,0,",
+        ],
+        encoding="cp932",
+    )
+    report = import_card_facts_csv(path, now=NOW, who=FEED)
+    assert summary(report) == ([], [4], [(2, "mykey_id"), (3, "mykey_id")])
+    assert MY_NUMBER not in json.dumps(report.as_dict(), ensure_ascii=False)
+    assert report.encoding == "utf-8"  # ASCII only: read as UTF-8

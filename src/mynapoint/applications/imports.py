@@ -25,6 +25,10 @@ Columns
       ``holder_name_mismatch``, and listed as created with that outcome).
   certificate renewals (J-LIS: old certificate → new certificate)
       ``old_issuer, old_serial, new_issuer, new_serial`` -- serials as colon-separated hex (``0a:1b:…``).
+  card facts (J-LIS: マイナンバーカードの申請日・交付日)
+      ``mykey_id, card_applied, card_applied_online, card_issued`` -- days as ``YYYY-MM-DD`` (JST);
+      ``card_applied_online`` 1 (online application) or 0; ``card_issued`` empty while the card is not issued.
+      The key is the MyKey ID: the same facts again are unchanged, other facts replace them (decision Q22).
 
 ``external_id`` is the feed's own id of the registration: the key of idempotency. The same id with other facts is
 an error (``conflict``) on its row.
@@ -46,7 +50,9 @@ from django.db import IntegrityError
 from mynapoint.applications.services import (
     ApplicationError,
     BankAccount,
+    CardFacts,
     apply_certificate_renewal,
+    record_card_facts,
     record_health_insurance_registration,
     record_public_fund_registration,
 )
@@ -54,12 +60,14 @@ from mynapoint.audit.services import Actor
 from mynapoint.identity.mynumber import MyNumberRefused, contains_my_number
 
 __all__ = [
+    "CARD_FACTS_COLUMNS",
     "HEALTH_INSURANCE_COLUMNS",
     "PUBLIC_FUND_COLUMNS",
     "RENEWAL_COLUMNS",
     "ImportReport",
     "RowError",
     "RowOutcome",
+    "import_card_facts_csv",
     "import_health_insurance_csv",
     "import_public_fund_csv",
     "import_renewals_csv",
@@ -75,6 +83,7 @@ PUBLIC_FUND_COLUMNS: Final = (
     "holder_kana",
 )
 RENEWAL_COLUMNS: Final = ("old_issuer", "old_serial", "new_issuer", "new_serial")
+CARD_FACTS_COLUMNS: Final = ("mykey_id", "card_applied", "card_applied_online", "card_issued")
 
 Progress = Callable[[int, int], None]  # (rows done, rows in the file)
 
@@ -296,6 +305,24 @@ def _digits(row: dict[str, str], column: str, width: int, ja_name: str) -> str:
     return value
 
 
+def _day(value: str, column: str) -> dt.date:
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError(value)
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise _RowRefused(
+            column, "日付の形式が正しくありません（例: 2022-09-30）", f"{column}: not a date YYYY-MM-DD"
+        ) from None
+
+
+def _flag(row: dict[str, str], column: str) -> bool:
+    value = _required(row, column)
+    if value not in ("0", "1"):
+        raise _RowRefused(column, "1（はい）か0（いいえ）で入力してください", f"{column} must be 1 or 0")
+    return value == "1"
+
+
 def _serial(row: dict[str, str], column: str) -> str:
     value = _required(row, column)
     if not _SERIAL.match(value):
@@ -436,3 +463,26 @@ def import_renewals_csv(
         return f"{old_serial} → {new_serial}", outcome != "already_known", outcome
 
     return _run(path, feed="renewals", columns=RENEWAL_COLUMNS, record_row=record_row, progress=progress)
+
+
+def import_card_facts_csv(
+    path: Path, *, now: dt.datetime, who: Actor, progress: Progress | None = None
+) -> ImportReport:
+    """Card facts from J-LIS (columns ``CARD_FACTS_COLUMNS``): the day each resident's card was applied for,
+    whether online, and the day it was issued. Keyed by MyKey ID; re-running a file is safe."""
+
+    def record_row(row: dict[str, str]) -> tuple[str, bool, str]:
+        mykey_id = _required(row, "mykey_id")
+        issued = row["card_issued"]
+        facts = CardFacts(
+            applied=_day(_required(row, "card_applied"), "card_applied"),
+            applied_online=_flag(row, "card_applied_online"),
+            issued=_day(issued, "card_issued") if issued else None,
+        )
+        resident, changed = record_card_facts(mykey_id=mykey_id, facts=facts, now=now, who=who)
+        outcome = "issued" if resident.card_issued else "applied"
+        if resident.mykey_id != mykey_id:
+            outcome += f" (merged into {resident.mykey_id})"
+        return mykey_id, changed, outcome
+
+    return _run(path, feed="card_facts", columns=CARD_FACTS_COLUMNS, record_row=record_row, progress=progress)

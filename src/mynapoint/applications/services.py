@@ -45,14 +45,16 @@ from mynapoint.identity.services import resolve
 from mynapoint.providers.models import Provider
 from mynapoint.rules.engine import ResidentEvaluator, feed
 from mynapoint.rules.kana import kana_key
-from mynapoint.rules.model import Account, Apply, RegisterPublicFundAccount, jst_day
+from mynapoint.rules.model import JST, Account, Apply, RegisterPublicFundAccount, jst_day
 
 __all__ = [
     "ApplicationError",
     "ApplicationResult",
+    "CardFacts",
     "apply_certificate_renewal",
     "apply_for_measure",
     "merge_duplicate_resident",
+    "record_card_facts",
     "record_death",
     "record_health_insurance_registration",
     "record_public_fund_registration",
@@ -335,6 +337,78 @@ def _resident_by_mykey(mykey_id: str) -> Resident:
             field="mykey_id",
         )
     return resident
+
+
+@dataclass(frozen=True, slots=True)
+class CardFacts:
+    """What J-LIS knows of a resident's card: the day it was applied for, whether online, the day it was issued
+    (None: not yet)."""
+
+    applied: dt.date
+    applied_online: bool
+    issued: dt.date | None
+
+
+def record_card_facts(
+    *, mykey_id: str, facts: CardFacts, now: dt.datetime, who: Actor
+) -> tuple[Resident, bool]:
+    """Record a resident's card facts from J-LIS (decision Q22). A MyKey ID merged into another resident gives
+    its facts to that resident. The same facts again change nothing; other facts replace those recorded (J-LIS
+    is the source of card facts: a correction, or the card issued since), with the change in the audit log;
+    an issue day the feed does not know yet keeps the one recorded (the first login records it from the
+    certificate). Refused: an issue day before the application day, a day after today (JST). Returns the
+    resident and whether anything changed. Decisions already recorded are not re-decided (Q5)."""
+    today = now.astimezone(JST).date()
+    for name, day in (("card_applied", facts.applied), ("card_issued", facts.issued)):
+        if day is not None and day > today:
+            raise ApplicationError(
+                "future_date",
+                f"{day.isoformat()} は今日（{today.isoformat()}）より後の日付です",
+                f"{name} {day.isoformat()} is after today ({today.isoformat()}, JST)",
+                field=name,
+            )
+    if facts.issued is not None and facts.issued < facts.applied:
+        raise ApplicationError(
+            "issued_before_applied",
+            "交付日が申請日より前です",
+            f"card_issued {facts.issued.isoformat()} is before card_applied {facts.applied.isoformat()}",
+            field="card_issued",
+        )
+    found = resolve(_resident_by_mykey(mykey_id))
+    with transaction.atomic(durable=True):
+        resident = Resident.objects.select_for_update().get(pk=found.pk)
+        before = {
+            "card_applied": resident.card_applied,
+            "card_applied_online": resident.card_applied_online,
+            "card_issued": resident.card_issued,
+        }
+        issued = facts.issued if facts.issued is not None else resident.card_issued
+        if issued is not None and issued < facts.applied:
+            raise ApplicationError(
+                "issued_before_applied",
+                "記録済みの交付日が申請日より前になります",
+                f"the card_issued recorded ({issued.isoformat()}) is before card_applied {facts.applied.isoformat()}",
+                field="card_applied",
+            )
+        after = {
+            "card_applied": facts.applied,
+            "card_applied_online": facts.applied_online,
+            "card_issued": issued,
+        }
+        if after == before:
+            return resident, False
+        Resident.objects.filter(pk=resident.pk).update(**after)
+        record(
+            who=who,
+            action="card_facts_recorded",
+            subject_type="resident",
+            subject_id=resident.mykey_id,
+            before={k: v for k, v in before.items() if before[k] != after[k]},
+            after={k: v for k, v in after.items() if before[k] != after[k]},
+            at=now,
+        )
+        resident.refresh_from_db()
+        return resident, True
 
 
 def record_health_insurance_registration(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from django.db import migrations
 
@@ -238,6 +238,7 @@ def copy_rows(
 
 # ------------------------------------------------------------------------- SQLite table rebuilds
 
+IN_LIST_MAX: Final = 900  # values in one IN (…): under SQLite's smallest limit on a statement's parameters
 _SET_ASIDE = "mynapoint_triggers_set_aside"
 
 

@@ -22,6 +22,7 @@ from django.db.models import Sum
 from mynapoint.applications.models import ApplicationStatus, PaymentAccount, PointApplication
 from mynapoint.applications.selectors import parameters, resident_history
 from mynapoint.audit.services import Actor, record
+from mynapoint.dbutil import IN_LIST_MAX
 from mynapoint.grants.models import Grant, GrantSequence, GrantStatus, OutboxMessage
 from mynapoint.identity.models import Resident
 from mynapoint.ledger.services import BUDGET, NewEntry, payable, post_entries, post_entry, resident_account
@@ -261,7 +262,7 @@ class AckResult:
     already: int  # items naming a grant acknowledged before (or earlier in the same call)
 
 
-LOCK_CHUNK = 900  # grants locked by one statement: under SQLite's smallest limit on a statement's parameters
+LOCK_CHUNK = IN_LIST_MAX  # grants locked by one statement
 UPDATE_CHUNK = 300  # grants marked acknowledged by one statement (three parameters each)
 # what an acknowledgement reads of a grant (not the instruction's sources: a long list for a premium grant)
 _ACK_FIELDS: Final = (

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.db import transaction
 
+from mynapoint.dbutil import IN_LIST_MAX
 from mynapoint.ledger.models import Entry, LedgerAccount, Posting
 
 __all__ = [
@@ -23,7 +24,6 @@ __all__ = [
 ]
 
 BUDGET = "budget"
-_IN_CHUNK = 900  # values in one IN (…): under SQLite's smallest limit on a statement's parameters
 
 
 class LedgerConflict(RuntimeError):  # noqa: N818 - a 409-style conflict
@@ -55,9 +55,9 @@ def account_ids(codes: Iterable[str]) -> dict[str, int]:
     wanted = set(codes)
     known: dict[str, int] = {}
     ordered = sorted(wanted)
-    for start in range(0, len(ordered), _IN_CHUNK):
+    for start in range(0, len(ordered), IN_LIST_MAX):
         known.update(
-            LedgerAccount.objects.filter(code__in=ordered[start : start + _IN_CHUNK]).values_list(
+            LedgerAccount.objects.filter(code__in=ordered[start : start + IN_LIST_MAX]).values_list(
                 "code", "pk"
             )
         )
@@ -66,9 +66,9 @@ def account_ids(codes: Iterable[str]) -> dict[str, int]:
         LedgerAccount.objects.bulk_create(
             [LedgerAccount(code=code, **_account_fields(code)) for code in missing], ignore_conflicts=True
         )
-        for start in range(0, len(missing), _IN_CHUNK):
+        for start in range(0, len(missing), IN_LIST_MAX):
             known.update(
-                LedgerAccount.objects.filter(code__in=missing[start : start + _IN_CHUNK]).values_list(
+                LedgerAccount.objects.filter(code__in=missing[start : start + IN_LIST_MAX]).values_list(
                     "code", "pk"
                 )
             )
@@ -126,17 +126,17 @@ def post_entries(entries: Sequence[NewEntry]) -> list[tuple[Entry, bool]]:
         if any(amount == 0 for _, amount in new.legs):
             raise ValueError(f"entry {new.key!r} has a zero leg")
     existing: dict[str, Entry] = {}
-    for start in range(0, len(keys), _IN_CHUNK):
+    for start in range(0, len(keys), IN_LIST_MAX):
         existing.update(
             (entry.idempotency_key, entry)
-            for entry in Entry.objects.filter(idempotency_key__in=keys[start : start + _IN_CHUNK])
+            for entry in Entry.objects.filter(idempotency_key__in=keys[start : start + IN_LIST_MAX])
         )
     if existing:
         before: dict[int, list[tuple[str, int]]] = {entry.pk: [] for entry in existing.values()}
         entry_ids = list(before)
-        for start in range(0, len(entry_ids), _IN_CHUNK):
+        for start in range(0, len(entry_ids), IN_LIST_MAX):
             for entry_id, code, amount in Posting.objects.filter(
-                entry_id__in=entry_ids[start : start + _IN_CHUNK]
+                entry_id__in=entry_ids[start : start + IN_LIST_MAX]
             ).values_list("entry_id", "account__code", "amount"):
                 before[entry_id].append((code, amount))
         for new in entries:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from django.db.models import Sum
 
+from mynapoint.dbutil import IN_LIST_MAX
 from mynapoint.grants.models import Grant, GrantStatus
 from mynapoint.ledger.models import Posting
 from mynapoint.providers.models import Provider
@@ -159,7 +160,7 @@ def _with_resident_totals(
 
     for row in rows:
         chunk.append(row)
-        if len(chunk) == _CHUNK - 100:  # entry ids in one IN (…): under SQLite's smallest parameter limit
+        if len(chunk) == IN_LIST_MAX:  # entry ids in one IN (…)
             yield from flush()
             chunk.clear()
     yield from flush()
